@@ -1,0 +1,1 @@
+"""`vdsm.hook`: see vdsm/__init__.py."""

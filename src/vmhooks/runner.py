@@ -1,0 +1,436 @@
+"""Running one hook point's chain of scripts.
+
+The hot path: one private payload file for the whole chain, each script
+spawned in its own process group, its stderr read (capped) until it exits,
+a per-script timeout that kills the whole group, and a bounded wait for pipes
+that background children keep open. Exit codes follow hook-points.md.
+"""
+from __future__ import annotations
+
+import difflib
+import enum
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from vmhooks import discovery, properties, validation
+from vmhooks.environment import build_environment
+from vmhooks.errors import HookError
+from vmhooks.points import HookPoint, Payload, get_point
+
+DEFAULT_TIMEOUT = 60.0
+MAX_PAYLOAD_BYTES = 64 << 20  # a hook cannot make us read a file of any size
+
+
+class Status(str, enum.Enum):
+    OK = "ok"
+    ERROR = "error"  # exit 1 (or >2, a signal, not executable): the chain goes on
+    STOPPED_CHAIN = "stopped-chain"  # exit 2: later scripts do not run
+    TIMEOUT = "timeout"  # killed at its deadline: stops the chain
+    SIGNAL = "signal"  # killed by a signal: treated like exit 1
+    REFUSED = "refused"  # unsafe file: nothing runs
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STOPS_CHAIN = frozenset({Status.STOPPED_CHAIN, Status.TIMEOUT, Status.REFUSED})
+
+
+class RunnerConfig(NamedTuple):
+    hooks_dir: Path
+    timeout: float = DEFAULT_TIMEOUT  # seconds per script
+    timeouts: Mapping[str, float] = {}  # "point" or "point/script" -> seconds
+    allow_unsafe: bool = False  # development only: run group/other-writable scripts
+    work_dir: Path | None = None  # where the private payload directories are made
+    run_dir: Path | None = None  # given to hooks as _hook_rundir (launch flags)
+    stderr_cap: int = 256 << 10  # bytes of stderr kept per script (head and tail)
+    kill_grace: float = 2.0  # seconds between SIGTERM and SIGKILL
+    drain_timeout: float = 0.5  # seconds to wait for stderr EOF after exit
+    base_env: Mapping[str, str] | None = None  # default: os.environ
+    property_rules: properties.PropertyRules | None = None  # None: values unchecked
+
+    def timeout_for(self, point: str, script: str, override: float | None) -> float:
+        if override is not None:
+            return override
+        for key in (f"{point}/{script}", point):
+            if key in self.timeouts:
+                return self.timeouts[key]
+        return self.timeout
+
+
+class ScriptRun(NamedTuple):
+    name: str
+    status: Status
+    rc: int | None  # exit code; -N when killed by signal N; None when it never ran
+    duration_s: float
+    stderr: str
+    changed: bool  # the script changed the payload
+    diff: str = ""  # unified diff of the payload, when changed
+    note: str = ""  # why the status, in words (timeout, reserved code, ...)
+
+    @property
+    def failed(self) -> bool:
+        return self.status is not Status.OK
+
+
+class ChainResult(NamedTuple):
+    point: HookPoint
+    scripts: tuple[ScriptRun, ...]
+    payload: Any  # what the caller acts on: the output if used and valid, else the input
+    output_text: str  # what the chain left in the payload file (for reports)
+    rejected: str | None  # why the output was refused, naming the script
+    edits_discarded: bool  # scripts edited a payload whose output is not used
+    warnings: tuple[str, ...] = ()  # e.g. custom properties no hook declares
+
+    @property
+    def failed(self) -> bool:
+        return self.rejected is not None or any(run.failed for run in self.scripts)
+
+    @property
+    def aborts_operation(self) -> bool:
+        failed_script = any(run.failed for run in self.scripts)
+        return self.rejected is not None or (failed_script and self.point.aborts)
+
+    @property
+    def changed(self) -> bool:
+        return any(run.changed for run in self.scripts)
+
+    def error_message(self) -> str:
+        """One line naming every failing script with its code and its own stderr."""
+        parts = [describe_failure(run) for run in self.scripts if run.failed]
+        if self.rejected:
+            parts.append(self.rejected)
+        return f"{self.point.name}: " + "; ".join(parts)
+
+    def raise_if_aborting(self) -> None:
+        if self.aborts_operation:
+            raise HookError(self.error_message(), self)
+
+
+def describe_failure(run: ScriptRun) -> str:
+    why = run.note or f"exit {run.rc}"
+    text = f"{run.name} failed ({why})"
+    summary = stderr_summary(run.stderr)
+    return f"{text}: {summary}" if summary else text
+
+
+def stderr_summary(stderr: str, limit: int = 400) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    text = " | ".join(lines[-3:])
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def run_chain(
+    point_name: str,
+    payload: Any,
+    config: RunnerConfig,
+    *,
+    params: Mapping[str, object] | None = None,
+    custom: Mapping[str, object] | None = None,
+    vm_id: str | None = None,
+    timeout: float | None = None,
+) -> ChainResult:
+    """Run every script of `point_name` over `payload` and return what happened.
+
+    Bad input (unknown point, bad property) raises before any script runs;
+    script failures are in the result (`raise_if_aborting()` turns them into a
+    HookError where the point aborts its operation).
+    """
+    point = get_point(point_name)
+    base = os.environ if config.base_env is None else config.base_env
+    env = build_environment(base, params, custom, vm_id)
+    warnings: tuple[str, ...] = ()
+    if config.property_rules is not None:
+        warnings = properties.check(custom, config.property_rules, "custom property")
+    if config.run_dir is not None:
+        env["_hook_rundir"] = str(config.run_dir)
+    scripts = discovery.find_scripts(config.hooks_dir, point.name)
+    if not scripts:
+        return ChainResult(point, (), payload, _text(encode_payload(point, payload)), None, False, warnings)
+    input_bytes = encode_payload(point, payload)
+    if not config.allow_unsafe:
+        refused = _refuse_unsafe(scripts)
+        if refused:
+            return ChainResult(point, refused, payload, _text(input_bytes), None, False, warnings)
+
+    workdir = Path(tempfile.mkdtemp(prefix="vmhooks-", dir=config.work_dir))  # mode 0700
+    try:
+        path = workdir / ("payload.json" if point.payload is Payload.JSON else "payload.xml")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(input_bytes)
+        env["_hook_json" if point.payload is Payload.JSON else "_hook_domxml"] = str(path)
+        runs, output, rejected = _run_scripts(point, scripts, path, input_bytes, env, config, timeout)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    edited = any(run.changed for run in runs)
+    if not point.output_used or rejected is not None or not edited:
+        discarded = edited and not point.output_used
+        return ChainResult(point, runs, payload, _text(output), rejected, discarded, warnings)
+    return ChainResult(point, runs, decode_payload(point, output), _text(output), None, False, warnings)
+
+
+def _run_scripts(
+    point: HookPoint,
+    scripts: list[discovery.Script],
+    path: Path,
+    current: bytes,
+    env: dict[str, str],
+    config: RunnerConfig,
+    timeout: float | None,
+) -> tuple[tuple[ScriptRun, ...], bytes, str | None]:
+    runs: list[ScriptRun] = []
+    rejected: str | None = None
+    original = current
+    for script in scripts:
+        seconds = config.timeout_for(point.name, script.name, timeout)
+        started = time.monotonic()
+        outcome = _execute(script.path, env, seconds, config)
+        duration = time.monotonic() - started
+        after, read_problem = _read_payload(path)
+        status, note = _classify(outcome, seconds)
+        diff = unified_diff(point, current, after, script.name) if after != current else ""
+        changed = bool(diff)
+        if changed and point.output_used:
+            problem = read_problem or validation.output_problem(point, original, after)
+            # The last script to change the payload decides: a later one may repair it.
+            rejected = f"output rejected: {script.name} {problem}" if problem else None
+        if outcome.exec_error:
+            note = outcome.exec_error
+        runs.append(ScriptRun(script.name, status, outcome.rc, duration, outcome.stderr, changed, diff, note))
+        current = after
+        if status in STOPS_CHAIN:
+            break
+    return tuple(runs), current, rejected
+
+
+def _refuse_unsafe(scripts: list[discovery.Script]) -> tuple[ScriptRun, ...]:
+    refused = []
+    for script in scripts:
+        reason = discovery.unsafe_reason(script.path)
+        if reason:
+            note = f"refused: {reason}"
+            refused.append(ScriptRun(script.name, Status.REFUSED, None, 0.0, "", False, "", note))
+    return tuple(refused)
+
+
+def _classify(outcome: _Outcome, seconds: float) -> tuple[Status, str]:
+    if outcome.timed_out:
+        return Status.TIMEOUT, f"timed out after {seconds:g}s, process group killed"
+    rc = outcome.rc
+    if rc is None:
+        return Status.ERROR, ""
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return Status.SIGNAL, f"killed by {name}"
+    if rc == 0:
+        return Status.OK, ""
+    if rc == 1:
+        return Status.ERROR, ""
+    if rc == 2:
+        return Status.STOPPED_CHAIN, "exit 2, chain stopped"
+    return Status.ERROR, f"exit {rc}, reserved code treated as 1"
+
+
+class _Outcome(NamedTuple):
+    rc: int | None
+    timed_out: bool
+    stderr: str
+    exec_error: str = ""
+
+
+def _execute(path: Path, env: Mapping[str, str], seconds: float, config: RunnerConfig) -> _Outcome:
+    """Spawn one script and wait for it: until it exits and its stderr closes,
+    at most `seconds`, then at most `drain_timeout` more for pipes that its
+    background children still hold."""
+    try:
+        proc = subprocess.Popen(
+            [str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # its own process group, so a timeout kills it all
+        )
+    except OSError as exc:
+        return _Outcome(None, False, "", f"cannot execute: {exc.strerror or exc}")
+    assert proc.stderr is not None
+    stderr = _CappedBuffer(config.stderr_cap)
+    deadline = time.monotonic() + seconds
+    timed_out = False
+    with selectors.DefaultSelector() as selector, _ExitWatch(proc) as watch:
+        selector.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        if watch.fd is not None:
+            selector.register(watch.fd, selectors.EVENT_READ, "exit")
+        stderr_open = True
+        exited_at: float | None = None
+        while True:
+            now = time.monotonic()
+            if exited_at is None and watch.fd is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and (not stderr_open or now >= exited_at + config.drain_timeout):
+                break
+            if exited_at is None and now >= deadline:
+                timed_out = True
+                break
+            limit = (exited_at + config.drain_timeout) if exited_at is not None else deadline
+            wait = limit - now if watch.fd is not None else min(limit - now, 0.05)
+            for key, _ in selector.select(max(wait, 0.0)):
+                if key.data == "exit":
+                    selector.unregister(watch.fd)
+                    exited_at = time.monotonic()
+                    continue
+                chunk = os.read(key.fd, 1 << 16)
+                if chunk:
+                    stderr.add(chunk)
+                else:
+                    selector.unregister(key.fileobj)
+                    stderr_open = False
+        if timed_out:
+            _kill_group(proc, watch, config.kill_grace)
+    proc.stderr.close()
+    rc = proc.wait()
+    return _Outcome(rc, timed_out, stderr.text())
+
+
+def _kill_group(proc: subprocess.Popen[bytes], watch: _ExitWatch, grace: float) -> None:
+    """SIGTERM the script's process group, SIGKILL it after `grace`.
+
+    The leader is not reaped until the KILL is sent, so its pid (the group id)
+    cannot be reused by an unrelated process meanwhile."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    watch.wait_exit(grace)
+    _signal_group(proc.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class _ExitWatch:
+    """A pidfd that becomes readable when the process exits (Linux >= 5.3);
+    elsewhere `fd` is None and the caller polls."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.fd: int | None = None
+        try:
+            self.fd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            pass
+
+    def __enter__(self) -> _ExitWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+    def wait_exit(self, seconds: float) -> None:
+        """Wait for exit without reaping."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is not None:
+                return
+            time.sleep(0.01)
+
+
+class _CappedBuffer:
+    """Keeps the first and the last `cap/2` bytes of a stream, counts the rest."""
+
+    def __init__(self, cap: int) -> None:
+        self.half = max(cap // 2, 1)
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            excess = len(self.tail) - self.half
+            if excess > 0:
+                del self.tail[:excess]
+                self.dropped += excess
+
+    def text(self) -> str:
+        head = self.head.decode("utf-8", "replace")
+        tail = self.tail.decode("utf-8", "replace")
+        if self.dropped:
+            return f"{head}\n[... {self.dropped} bytes of stderr dropped ...]\n{tail}"
+        return head + tail
+
+
+def _read_payload(path: Path) -> tuple[bytes, str]:
+    """The payload file's bytes, and a problem ('' when none)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return b"", "removed the payload file"
+    except OSError as exc:
+        return b"", f"left a payload file that cannot be read ({exc.strerror})"
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(MAX_PAYLOAD_BYTES + 1)
+    if len(data) > MAX_PAYLOAD_BYTES:
+        return data[:MAX_PAYLOAD_BYTES], f"wrote more than {MAX_PAYLOAD_BYTES >> 20} MiB"
+    return data, ""
+
+
+def encode_payload(point: HookPoint, payload: Any) -> bytes:
+    if point.payload is Payload.JSON:
+        return json.dumps(payload).encode("utf-8")
+    if payload is None:
+        return b""
+    if isinstance(payload, bytes):
+        return payload
+    return str(payload).encode("utf-8")
+
+
+def decode_payload(point: HookPoint, data: bytes) -> Any:
+    text = data.decode("utf-8")
+    return json.loads(text) if point.payload is Payload.JSON else text
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def unified_diff(point: HookPoint, before: bytes, after: bytes, script: str) -> str:
+    """What `script` changed, as a unified diff; '' when nothing that matters.
+
+    XML is compared in canonical form, so a hook that rewrites the document
+    with other quoting or attribute order shows only its real edits."""
+    old, new = _text(before), _text(after)
+    if point.payload.is_xml:
+        old, new = validation.canonical_xml(old), validation.canonical_xml(new)
+        if old == new:
+            return ""
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True),
+        new.splitlines(keepends=True),
+        fromfile="before",
+        tofile=f"after {script}",
+    )
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)

@@ -1,0 +1,56 @@
+"""Output guardrails: what a chain whose output is used may hand back."""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+from vmhooks.points import HookPoint, Payload
+
+# The stdlib parser resolves no external entities, and the expat it is built
+# on (>= 2.4.1) refuses entity-expansion bombs, so hostile XML costs nothing.
+
+
+def output_problem(point: HookPoint, before: bytes, after: bytes) -> str:
+    """Why `after` may not replace `before` at `point` ('' when it may).
+
+    The phrase reads after the script's name: "50_x wrote ..."."""
+    try:
+        text = after.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"wrote a payload that is not UTF-8 (byte {exc.start})"
+    if point.payload is Payload.JSON:
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            return f"wrote invalid JSON ({exc})"
+        return ""
+    try:
+        new = ET.fromstring(text)
+    except ET.ParseError as exc:
+        return f"wrote malformed XML ({exc})"
+    try:
+        old = ET.fromstring(before.decode("utf-8"))
+    except (ET.ParseError, UnicodeDecodeError):
+        return ""  # the input was no XML either: nothing to compare with
+    if new.tag != old.tag:
+        return f"changed the root element from <{old.tag}> to <{new.tag}>"
+    if point.payload is Payload.DOMAIN:
+        for field in ("uuid", "name"):
+            was, now = _child_text(old, field), _child_text(new, field)
+            if was != now:
+                return f"changed the domain <{field}> from {was!r} to {now!r}"
+    return ""
+
+
+def _child_text(element: ET.Element, tag: str) -> str | None:
+    child = element.find(tag)
+    return None if child is None else (child.text or "").strip()
+
+
+def canonical_xml(text: str) -> str:
+    """C14N 2.0 form of `text` (quotes, attribute order and the XML
+    declaration normalised); `text` itself when it is not XML."""
+    try:
+        return ET.canonicalize(text)
+    except ET.ParseError:
+        return text
