@@ -2,11 +2,84 @@
 from __future__ import annotations
 
 import os
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, NamedTuple
+
+from vmhooks.errors import UsageError
 
 UPSTREAM_HOOKS_DIR = Path("/usr/libexec/vdsm/hooks")
+DEFAULT_RUN_DIR = Path("/run/vmhooks")
+DEFAULT_STATE_DIR = Path("/var/lib/vmhooks")
+DEFAULT_CONFIG_FILE = Path("/etc/vmhooks/vmhooks.toml")
 
 
 def default_hooks_dir() -> Path:
     """`$VMHOOKS_HOOKS_DIR`, else VDSM's own hooks directory."""
     return Path(os.environ.get("VMHOOKS_HOOKS_DIR") or UPSTREAM_HOOKS_DIR)
+
+
+def default_socket() -> Path:
+    """Where clients look for the agent: `$VMHOOKS_SOCKET`, else the run dir's."""
+    return Path(os.environ.get("VMHOOKS_SOCKET") or DEFAULT_RUN_DIR / "vmhooks.sock")
+
+
+class AgentSettings(NamedTuple):
+    libvirt_uri: str = "test:///default"
+    hooks_dir: Path = UPSTREAM_HOOKS_DIR
+    state_dir: Path = DEFAULT_STATE_DIR
+    run_dir: Path = DEFAULT_RUN_DIR
+    socket: Path | None = None  # default: <run_dir>/vmhooks.sock
+    socket_group: str | None = None  # also allow this group (mode 0660)
+    hook_timeout: float = 60.0  # seconds per script
+    hook_timeouts: Mapping[str, float] = {}  # "point" or "point/script" -> seconds
+    allow_unsafe_hooks: bool = False
+    properties: str | None = None  # oVirt UserDefinedVMProperties: name=regex;...
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket if self.socket is not None else self.run_dir / "vmhooks.sock"
+
+
+_PATHS = {"hooks_dir", "state_dir", "run_dir", "socket"}
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "libvirt_uri": str,
+    "hooks_dir": str,
+    "state_dir": str,
+    "run_dir": str,
+    "socket": str,
+    "socket_group": str,
+    "hook_timeout": (int, float),
+    "hook_timeouts": dict,
+    "allow_unsafe_hooks": bool,
+    "properties": str,
+}
+
+
+def load_settings_file(path: Path) -> dict[str, Any]:
+    """The `[agent]` table of a TOML config file, checked, as AgentSettings fields."""
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    table = document.get("agent", {})
+    unknown = set(document) - {"agent"}
+    if unknown or not isinstance(table, dict):
+        raise UsageError(f"config file {str(path)!r}: only an [agent] table is allowed")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        field = key.replace("-", "_")
+        expected = _TYPES.get(field)
+        if expected is None:
+            raise UsageError(f"config file {str(path)!r}: unknown setting {key!r}")
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            raise UsageError(f"config file {str(path)!r}: {key} has the wrong type")
+        values[field] = Path(value) if field in _PATHS else value
+    for point, seconds in values.get("hook_timeouts", {}).items():
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
+            raise UsageError(f"config file {str(path)!r}: hook_timeouts.{point} must be > 0")
+    return values

@@ -14,8 +14,8 @@ class UsageError(VmhooksError):
     kind = "bad_request"
 
 
-class UnknownPointError(UsageError):
-    pass
+class UnknownPointError(UsageError, ValueError):
+    """Also a ValueError: upstream refuses bad point names with one."""
 
 
 class InvalidEnvironmentError(UsageError):
@@ -30,3 +30,25 @@ class HookError(VmhooksError):
     def __init__(self, message: str, result: object | None = None) -> None:
         super().__init__(message)
         self.result = result  # the ChainResult, when there is one
+
+
+class NoSuchVmError(VmhooksError):
+    kind = "no_such_vm"
+
+
+class WrongStateError(VmhooksError):
+    """The VM is not in a state that allows the operation (e.g. pause a paused VM)."""
+
+    kind = "wrong_state"
+
+
+class LibvirtError(VmhooksError):
+    """libvirt refused the operation; the message carries libvirt's reason."""
+
+    kind = "libvirt_error"
+
+
+class NotSupportedError(VmhooksError):
+    """The libvirt driver in use does not implement the operation."""
+
+    kind = "not_supported"

@@ -420,13 +420,15 @@ def _text(data: bytes) -> str:
 def unified_diff(point: HookPoint, before: bytes, after: bytes, script: str) -> str:
     """What `script` changed, as a unified diff; '' when nothing that matters.
 
-    XML is compared in canonical form, so a hook that rewrites the document
-    with other quoting or attribute order shows only its real edits."""
+    XML and JSON are compared in canonical form (JSON one key a line), so a
+    hook that rewrites the document shows only its real edits."""
     old, new = _text(before), _text(after)
     if point.payload.is_xml:
         old, new = validation.canonical_xml(old), validation.canonical_xml(new)
-        if old == new:
-            return ""
+    else:
+        old, new = validation.canonical_json(old), validation.canonical_json(new)
+    if old == new:
+        return ""
     lines = difflib.unified_diff(
         old.splitlines(keepends=True),
         new.splitlines(keepends=True),

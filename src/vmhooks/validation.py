@@ -54,3 +54,11 @@ def canonical_xml(text: str) -> str:
         return ET.canonicalize(text)
     except ET.ParseError:
         return text
+
+
+def canonical_json(text: str) -> str:
+    """`text` re-dumped one key a line with sorted keys; itself when not JSON."""
+    try:
+        return json.dumps(json.loads(text), indent=1, sort_keys=True) + "\n"
+    except ValueError:
+        return text

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from vmhooks.config import default_hooks_dir
+from vmhooks.client import Client
+from vmhooks.config import default_hooks_dir, default_socket
 from vmhooks.errors import UsageError
 
 
@@ -44,3 +46,30 @@ def read_input(source: str, what: str) -> str:
         raise UsageError(f"cannot read {what} {source!r}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise UsageError(f"{what} {source!r} is not UTF-8 (byte {exc.start})") from None
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        default=None,
+        help=f"the agent's socket (default: $VMHOOKS_SOCKET, else {default_socket()})",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def client(args: argparse.Namespace) -> Client:
+    return Client(args.socket if args.socket is not None else default_socket())
+
+
+def print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    """A plain text table, columns as wide as their widest cell."""
+    cells = [headers, *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells
+    )

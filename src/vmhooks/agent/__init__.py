@@ -1,0 +1,1 @@
+"""The host agent (see core.py)."""

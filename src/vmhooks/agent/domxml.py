@@ -1,0 +1,89 @@
+"""Domain and device XML: parsing requests, identity, and finding and
+replacing the devices that carry custom properties."""
+from __future__ import annotations
+
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+
+from vmhooks.errors import UsageError
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+ET.register_namespace("qemu", QEMU_NS)  # keep the conventional prefix on output
+
+
+def parse(text: object, what: str) -> ET.Element:
+    if not isinstance(text, str) or not text.strip():
+        raise UsageError(f"{what} must be a non-empty XML string")
+    try:
+        return ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise UsageError(f"{what} is malformed XML: {exc}") from None
+
+
+def parse_domain(text: object) -> ET.Element:
+    root = parse(text, "domain XML")
+    if root.tag != "domain":
+        raise UsageError(f"domain XML has root <{root.tag}>, expected <domain>")
+    return root
+
+
+def to_string(element: ET.Element) -> str:
+    return ET.tostring(element, encoding="unicode")
+
+
+def identity(root: ET.Element) -> tuple[str | None, str | None]:
+    """(uuid, name) of a domain element; None where absent."""
+    uuid, name = root.findtext("uuid"), root.findtext("name")
+    return (uuid.strip().lower() if uuid else None, name.strip() if name else None)
+
+
+def normalise_uuid(value: object, what: str = "vmId") -> str:
+    try:
+        return str(uuidlib.UUID(str(value)))
+    except ValueError:
+        raise UsageError(f"{what} {value!r} is not a UUID") from None
+
+
+def ensure_uuid(root: ET.Element, vm_id: str | None) -> str:
+    """The domain's UUID, reconciled with a requested vmId (added when absent)."""
+    existing, _ = identity(root)
+    if existing is not None:
+        existing = normalise_uuid(existing, "the domain's <uuid>")
+    if vm_id is not None:
+        vm_id = normalise_uuid(vm_id)
+        if existing is not None and existing != vm_id:
+            raise UsageError(f"vmId {vm_id} differs from the domain's <uuid> {existing}")
+    chosen = vm_id or existing or str(uuidlib.uuid4())
+    if existing is None:
+        element = ET.Element("uuid")
+        element.text = chosen
+        root.insert(1, element)
+    return chosen
+
+
+def device_keys(device: ET.Element) -> set[str]:
+    """The names a request may use for a device: alias, MAC, target dev."""
+    keys = set()
+    for path, attribute in (("alias", "name"), ("mac", "address"), ("target", "dev")):
+        child = device.find(path)
+        if child is not None and child.get(attribute):
+            keys.add(child.get(attribute, "").lower())
+    return keys
+
+
+def find_device(root: ET.Element, key: str) -> ET.Element | None:
+    devices = root.find("devices")
+    if devices is None:
+        return None
+    for device in devices:
+        if key.lower() in device_keys(device):
+            return device
+    return None
+
+
+def replace_device(root: ET.Element, old: ET.Element, new: ET.Element) -> None:
+    devices = root.find("devices")
+    assert devices is not None
+    index = list(devices).index(old)
+    new.tail = old.tail
+    devices[index] = new

@@ -1,0 +1,275 @@
+"""The agent's JSON-RPC 2.0 API over HTTP (`POST /rpc`) on a Unix socket.
+
+Every request is handled in its own thread, so hook processes never run in
+the thread that accepts connections. Methods are one table: name -> the
+agent function and the parameters it takes.
+"""
+from __future__ import annotations
+
+import grp
+import http.server
+import json
+import logging
+import os
+import socket
+import socketserver
+import stat
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from vmhooks.agent.core import DEVICE_OPERATIONS, Agent
+from vmhooks.errors import HookError, UsageError, VmhooksError
+
+log = logging.getLogger("vmhooks.api")
+
+MAX_REQUEST_BYTES = 16 << 20
+REQUEST_READ_TIMEOUT = 60.0  # seconds a client may take to send its request
+
+# Stable error codes: JSON-RPC's own, then one per kind of vmhooks error.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+ERROR_CODES = {
+    "hook_error": 1,
+    "no_such_vm": 2,
+    "bad_request": 3,
+    "libvirt_error": 4,
+    "not_supported": 5,
+    "wrong_state": 6,
+    "error": 7,
+}
+
+
+class Param(NamedTuple):
+    types: tuple[type, ...]
+    required: bool = False
+
+
+VM_ID = Param((str,), True)
+DICT = Param((dict,))
+STR = Param((str,))
+INT = Param((int,))
+DEVICE_PARAMS = {"vmId": VM_ID, "xml": Param((str,), True), "custom": DICT}
+
+
+class Method(NamedTuple):
+    function: Callable[..., Any]
+    params: dict[str, Param]
+
+
+def method_table(agent: Agent) -> dict[str, Method]:
+    table = {
+        "VM.create": Method(
+            agent.create,
+            {"xml": Param((str,), True), "vmId": STR, "custom": DICT, "deviceCustom": DICT,
+             "launchPaused": Param((bool,))},
+        ),
+        "VM.destroy": Method(agent.destroy, {"vmId": VM_ID}),
+        "VM.pause": Method(agent.pause, {"vmId": VM_ID}),
+        "VM.cont": Method(agent.cont, {"vmId": VM_ID}),
+        "VM.hibernate": Method(agent.hibernate, {"vmId": VM_ID}),
+        "VM.dehibernate": Method(agent.dehibernate, {"vmId": VM_ID}),
+        "VM.setTicket": Method(
+            agent.setTicket,
+            {"vmId": VM_ID, "password": Param((str,), True), "ttl": INT,
+             "existingConnAction": STR, "params": DICT},
+        ),
+        "VM.setNumberOfCpus": Method(agent.setNumberOfCpus, {"vmId": VM_ID, "numberOfCpus": Param((int,), True)}),
+        "VM.getStats": Method(agent.getStats, {"vmId": VM_ID}),
+        "VM.getXML": Method(agent.getXML, {"vmId": VM_ID}),
+        "VM.list": Method(agent.list_vms, {}),
+        "Host.getCapabilities": Method(agent.getCapabilities, {}),
+        "Host.getStats": Method(agent.getHostStats, {}),
+        "Host.getAllVmStats": Method(agent.getAllVmStats, {}),
+        "Host.getHookHistory": Method(agent.history, {"vmId": STR, "point": STR, "limit": INT}),
+    }  # fmt: skip
+    for name in DEVICE_OPERATIONS:
+        table[f"VM.{name}"] = Method(partial(agent.device_operation, name), DEVICE_PARAMS)
+    return table
+
+
+class Dispatcher:
+    def __init__(self, methods: dict[str, Method]) -> None:
+        self.methods = methods
+
+    def handle_body(self, body: bytes) -> dict[str, Any] | list[dict[str, Any]] | None:
+        """The response to one HTTP body (None: only notifications)."""
+        try:
+            request = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(None, PARSE_ERROR, f"request is not valid JSON: {exc}")
+        if isinstance(request, list):
+            if not request:
+                return _error(None, INVALID_REQUEST, "empty batch")
+            responses = [r for r in (self.handle(item) for item in request) if r is not None]
+            return responses or None
+        return self.handle(request)
+
+    def handle(self, request: object) -> dict[str, Any] | None:
+        if not isinstance(request, dict) or request.get("jsonrpc") != "2.0":
+            return _error(None, INVALID_REQUEST, 'not a JSON-RPC 2.0 request (needs "jsonrpc": "2.0")')
+        request_id = request.get("id")
+        notification = "id" not in request
+        if not isinstance(request_id, (str, int, type(None))) or isinstance(request_id, bool):
+            return _error(None, INVALID_REQUEST, "id must be a string, a number or null")
+        name = request.get("method")
+        if not isinstance(name, str):
+            return _error(request_id, INVALID_REQUEST, "method must be a string")
+        method = self.methods.get(name)
+        if method is None:
+            return _error(request_id, METHOD_NOT_FOUND, f"unknown method {name!r}")
+        params = request.get("params", {})
+        problem = _check_params(name, method, params)
+        if problem:
+            return _error(request_id, INVALID_PARAMS, problem)
+        try:
+            result = method.function(**params)
+        except VmhooksError as exc:
+            data: dict[str, Any] = {"kind": exc.kind}
+            if isinstance(exc, HookError) and exc.result is not None:
+                data["scripts"] = _failed_scripts(exc.result)
+            return _error(request_id, ERROR_CODES.get(exc.kind, ERROR_CODES["error"]), str(exc), data)
+        except Exception as exc:  # a bug: say so, keep serving
+            log.exception("%s failed", name)
+            return _error(request_id, INTERNAL_ERROR, f"internal error in {name}: {exc}")
+        if notification:
+            return None
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def _check_params(name: str, method: Method, params: object) -> str:
+    if not isinstance(params, dict):
+        return f"{name}: params must be an object"
+    unknown = sorted(set(params) - set(method.params))
+    if unknown:
+        return f"{name}: unknown param(s) {', '.join(unknown)}"
+    for key, spec in method.params.items():
+        if key not in params or params[key] is None:
+            if spec.required:
+                return f"{name}: missing param {key}"
+            params.pop(key, None)
+            continue
+        value = params[key]
+        if not isinstance(value, spec.types) or (bool not in spec.types and isinstance(value, bool)):
+            kinds = "/".join(t.__name__ for t in spec.types)
+            return f"{name}: param {key} must be {kinds}, not {type(value).__name__}"
+    return ""
+
+
+def _failed_scripts(result: Any) -> list[dict[str, Any]]:
+    return [
+        {"name": run.name, "status": str(run.status), "rc": run.rc, "stderr": run.stderr, "note": run.note}
+        for run in result.scripts
+        if run.failed
+    ]
+
+
+def _error(request_id: object, code: int, message: str, data: object = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+class RequestHandler(http.server.BaseHTTPRequestHandler):
+    server: UnixHTTPServer
+    protocol_version = "HTTP/1.1"
+    timeout = REQUEST_READ_TIMEOUT  # a client that stalls mid-request is dropped
+    server_version = "vmhooks"
+
+    def address_string(self) -> str:
+        return "unix"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
+        log.debug("%s", format % args)
+
+    def do_POST(self) -> None:  # noqa: N802 (stdlib name)
+        if self.path != "/rpc":
+            self._reply(404, _error(None, INVALID_REQUEST, f"no such path {self.path!r}; POST to /rpc"))
+            return
+        length_header = self.headers.get("Content-Length")
+        if length_header is None or not length_header.isdigit():
+            self._reply(411, _error(None, INVALID_REQUEST, "a Content-Length header is required"))
+            return
+        length = int(length_header)
+        if length > MAX_REQUEST_BYTES:
+            self._reply(413, _error(None, INVALID_REQUEST, f"request of {length} bytes exceeds 16 MiB"))
+            self.close_connection = True
+            return
+        try:
+            body = self.rfile.read(length)
+        except (TimeoutError, OSError):
+            self.close_connection = True
+            return
+        response = self.server.dispatcher.handle_body(body)
+        self._reply(200, response)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._reply(405, _error(None, INVALID_REQUEST, "use POST /rpc"))
+
+    def _reply(self, status: int, payload: object) -> None:
+        body = b"" if payload is None else json.dumps(payload).encode("utf-8")
+        self.send_response(status if payload is not None or status != 200 else 204)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, path: Path, dispatcher: Dispatcher, group: str | None = None) -> None:
+        self.dispatcher = dispatcher
+        _remove_stale_socket(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        old_umask = os.umask(0o177)  # never, even briefly, a socket others can open
+        try:
+            super().__init__(str(path), RequestHandler)
+        finally:
+            os.umask(old_umask)
+        if group:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                self.server_close()
+                raise UsageError(f"socket group {group!r} does not exist") from None
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
+        self.path = path
+
+    def server_close(self) -> None:
+        super().server_close()
+        try:
+            os.unlink(self.server_address)  # type: ignore[arg-type]
+        except OSError:
+            pass
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket left by a crashed agent is removed; a live agent is not displaced."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise UsageError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise UsageError(f"another agent is already serving on {path}")
+
+
+def make_server(agent: Agent) -> UnixHTTPServer:
+    settings = agent.settings
+    return UnixHTTPServer(settings.socket_path, Dispatcher(method_table(agent)), settings.socket_group)

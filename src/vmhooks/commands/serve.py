@@ -1,0 +1,80 @@
+"""`vmhooks serve`: run the host agent until SIGTERM or SIGINT."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from vmhooks.config import DEFAULT_CONFIG_FILE, AgentSettings, default_hooks_dir, load_settings_file
+from vmhooks.errors import UsageError
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the host agent",
+        description="Run the host agent: libvirt VMs with hooks at every point, "
+        "served as JSON-RPC on a Unix socket. Flags override the config file.",
+    )
+    parser.add_argument("--config", type=Path, help=f"TOML config file (default: {DEFAULT_CONFIG_FILE} if present)")
+    parser.add_argument("--libvirt-uri", help="libvirt URI (default: test:///default, libvirt's embedded test driver)")
+    parser.add_argument("--hooks-dir", type=Path, help="hooks root (default: $VMHOOKS_HOOKS_DIR or /usr/libexec/vdsm/hooks)")
+    parser.add_argument("--state-dir", type=Path, help="SQLite state, history, hibernation images (default: /var/lib/vmhooks)")
+    parser.add_argument("--run-dir", type=Path, help="socket and launch flags (default: /run/vmhooks)")
+    parser.add_argument("--socket", type=Path, help="the API socket (default: <run-dir>/vmhooks.sock)")
+    parser.add_argument("--socket-group", help="also let this group use the socket (mode 0660)")
+    parser.add_argument("--hook-timeout", type=float, metavar="S", help="seconds per hook script (default: 60)")
+    parser.add_argument("--properties", metavar="SPEC", help="custom property rules: name=regex;name=regex")
+    parser.add_argument("--allow-unsafe-hooks", action="store_true", default=None,
+                        help="development only: run hooks writable by group/others")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.set_defaults(func=run)
+
+
+def settings_from(args: argparse.Namespace) -> AgentSettings:
+    values: dict[str, Any] = {"hooks_dir": default_hooks_dir()}
+    config = args.config
+    if config is None and DEFAULT_CONFIG_FILE.exists():
+        config = DEFAULT_CONFIG_FILE
+    if config is not None:
+        values.update(load_settings_file(config))
+    for field in AgentSettings._fields:
+        value = getattr(args, field, None)
+        if value is not None:
+            values[field] = value
+    settings = AgentSettings(**values)
+    if not settings.hook_timeout > 0:
+        raise UsageError("hook timeout must be a positive number of seconds")
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from vmhooks.agent.core import Agent
+    from vmhooks.api import make_server
+
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = settings_from(args)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    agent = Agent(settings)
+    server = make_server(agent)  # bound (fails fast if another agent runs) but not serving yet
+    try:
+        agent.start()  # before_vdsm_start, then connect and re-attach
+        thread = threading.Thread(target=server.serve_forever, name="api", daemon=True)
+        thread.start()
+        logging.getLogger("vmhooks").info(
+            "serving on %s (libvirt %s, hooks %s)", settings.socket_path, settings.libvirt_uri, settings.hooks_dir
+        )
+        stop.wait()
+        server.shutdown()
+    finally:
+        server.server_close()
+        agent.stop()  # after_vdsm_stop
+    return 0
