@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vmhooks.commands.serve import settings_from
+from vmhooks.cli import build_parser
+from vmhooks.config import AgentSettings, load_settings_file
+from vmhooks.errors import UsageError
+
+
+def test_toml_settings_and_flags_override_them(tmp_path: Path):
+    config = tmp_path / "vmhooks.toml"
+    config.write_text(
+        '[agent]\nlibvirt_uri = "qemu:///system"\nhook_timeout = 5\nstate_dir = "/srv/state"\n'
+        '[agent.hook_timeouts]\nbefore_vm_start = 30\n"before_vm_start/50_slow" = 120\n'
+    )
+    args = build_parser().parse_args(["serve", "--config", str(config), "--hook-timeout", "7"])
+    settings = settings_from(args)
+    assert settings.libvirt_uri == "qemu:///system"
+    assert settings.hook_timeout == 7
+    assert settings.state_dir == Path("/srv/state")
+    assert settings.hook_timeouts == {"before_vm_start": 30, "before_vm_start/50_slow": 120}
+    assert settings.socket_path == AgentSettings().run_dir / "vmhooks.sock"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[agent]\nnope = 1\n", "unknown setting 'nope'"),
+        ("[agent]\nhook_timeout = 'x'\n", "hook_timeout has the wrong type"),
+        ("[agent]\nallow_unsafe_hooks = 1\n", "allow_unsafe_hooks has the wrong type"),
+        ("[agent\n", "not valid TOML"),
+        ("[other]\n", "only an [agent] table"),
+        ("[agent.hook_timeouts]\nbefore_vm_start = 0\n", "must be > 0"),
+    ],
+)
+def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, message: str):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    with pytest.raises(UsageError, match=message.replace("[", r"\[")):
+        load_settings_file(config)
+
+
+def test_example_config_in_contrib_is_valid():
+    example = Path(__file__).resolve().parent.parent / "contrib" / "vmhooks.toml"
+    values = load_settings_file(example)
+    AgentSettings(**values)
