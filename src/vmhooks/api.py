@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import socketserver
+import ssl
 import stat
 from collections.abc import Callable
 from functools import partial
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vmhooks.agent.core import DEVICE_OPERATIONS, Agent
+from vmhooks.config import AgentSettings, split_address
 from vmhooks.errors import HookError, UsageError, VmhooksError
 
 log = logging.getLogger("vmhooks.api")
@@ -81,6 +83,12 @@ def method_table(agent: Agent) -> dict[str, Method]:
         "VM.setNumberOfCpus": Method(agent.setNumberOfCpus, {"vmId": VM_ID, "numberOfCpus": Param((int,), True)}),
         "VM.getStats": Method(agent.getStats, {"vmId": VM_ID}),
         "VM.getXML": Method(agent.getXML, {"vmId": VM_ID}),
+        "VM.migrate": Method(agent.migrate, {"vmId": VM_ID, "dst": Param((str,), True)}),
+        "VM.migrationCreate": Method(
+            agent.migrationCreate,
+            {"vmId": VM_ID, "xml": Param((str,), True), "custom": DICT, "deviceCustom": DICT},
+        ),
+        "VM.migrationFinish": Method(agent.migrationFinish, {"vmId": VM_ID, "success": Param((bool,), True)}),
         "VM.list": Method(agent.list_vms, {}),
         "Host.getCapabilities": Method(agent.getCapabilities, {}),
         "Host.getStats": Method(agent.getHostStats, {}),
@@ -182,7 +190,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     server_version = "vmhooks"
 
     def address_string(self) -> str:
-        return "unix"
+        return self.client_address[0] if isinstance(self.client_address, tuple) else "unix"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
         log.debug("%s", format % args)
@@ -270,6 +278,71 @@ def _remove_stale_socket(path: Path) -> None:
     raise UsageError(f"another agent is already serving on {path}")
 
 
-def make_server(agent: Agent) -> UnixHTTPServer:
+class TlsHTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """The same API over TCP for peers (migration): mutual TLS, nothing else.
+
+    The TLS handshake runs in the connection's own thread with a timeout, so
+    a peer that stalls it cannot block the accepting thread."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], dispatcher: Dispatcher, context: ssl.SSLContext) -> None:
+        self.dispatcher = dispatcher
+        self.context = context
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, RequestHandler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(REQUEST_READ_TIMEOUT)
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("refused a connection from %s: %s", client_address[0], exc)
+            return
+        try:
+            RequestHandler(tls, client_address, self)
+        finally:
+            try:
+                tls.close()
+            except OSError:
+                pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.warning("connection from %s failed", client_address[0], exc_info=True)
+
+
+def server_tls_context(settings: AgentSettings) -> ssl.SSLContext:
+    if not (settings.tls_cert and settings.tls_key and settings.tls_ca):
+        raise UsageError("--listen needs --tls-cert, --tls-key and --tls-ca (mutual TLS only)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no connection
+    try:
+        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+        context.load_verify_locations(cafile=str(settings.tls_ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"cannot load the TLS certificate, key or CA: {exc}") from None
+    return context
+
+
+def make_servers(agent: Agent) -> list[socketserver.BaseServer]:
+    """The Unix socket server, and the TLS one when --listen is set."""
     settings = agent.settings
-    return UnixHTTPServer(settings.socket_path, Dispatcher(method_table(agent)), settings.socket_group)
+    dispatcher = Dispatcher(method_table(agent))
+    servers: list[socketserver.BaseServer] = []
+    if settings.listen:
+        host, port = split_address(settings.listen, "--listen")
+        try:
+            servers.append(TlsHTTPServer((host, port), dispatcher, server_tls_context(settings)))
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {settings.listen}: {exc.strerror}") from None
+    try:
+        servers.append(UnixHTTPServer(settings.socket_path, dispatcher, settings.socket_group))
+    except BaseException:
+        for server in servers:
+            server.server_close()
+        raise
+    return servers

@@ -5,9 +5,11 @@ import http.client
 import itertools
 import json
 import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
+from vmhooks.config import split_address
 from vmhooks.errors import VmhooksError
 
 DEFAULT_TIMEOUT = 900.0  # an operation may run several hook chains with timeouts
@@ -43,28 +45,58 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def client_tls_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """Mutual TLS: present our certificate, accept only servers signed by `ca`."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
 class Client:
-    def __init__(self, socket_path: Path, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.socket_path = Path(socket_path)
+    """JSON-RPC to an agent: on its Unix socket, or at HOST:PORT over mutual TLS."""
+
+    def __init__(
+        self, socket_path: Path | None = None, timeout: float = DEFAULT_TIMEOUT,
+        *, address: str | None = None, tls: ssl.SSLContext | None = None,
+    ) -> None:  # fmt: skip
+        if (socket_path is None) == (address is None) or (address is not None and tls is None):
+            raise ValueError("give a socket path, or an address with a TLS context")
+        self.socket_path = Path(socket_path) if socket_path is not None else None
+        self.address = address
+        self.tls = tls
         self.timeout = timeout
         self._ids = itertools.count(1)
+
+    @property
+    def where(self) -> str:
+        return str(self.socket_path) if self.socket_path is not None else f"{self.address} (TLS)"
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.socket_path is not None:
+            return _UnixConnection(self.socket_path, self.timeout)
+        assert self.address is not None
+        host, port = split_address(self.address, "agent address")
+        return http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self.tls)
 
     def call(self, method: str, **params: Any) -> Any:
         request = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
         body = json.dumps(request).encode("utf-8")
-        connection = _UnixConnection(self.socket_path, self.timeout)
+        connection = self._connection()
         try:
             connection.request("POST", "/rpc", body, {"Content-Type": "application/json"})
             response = connection.getresponse()
             data = response.read()
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise AgentUnreachable(
-                f"no agent at {self.socket_path} ({exc.strerror}); start one with 'vmhooks serve'"
+                f"no agent at {self.where} ({exc.strerror}); start one with 'vmhooks serve'"
             ) from None
         except PermissionError:
-            raise AgentUnreachable(f"not allowed to talk to the agent at {self.socket_path}") from None
+            raise AgentUnreachable(f"not allowed to talk to the agent at {self.where}") from None
+        except ssl.SSLError as exc:
+            raise AgentUnreachable(f"TLS with the agent at {self.where} failed: {exc.reason or exc}") from None
         except (OSError, http.client.HTTPException) as exc:
-            raise AgentUnreachable(f"talking to the agent at {self.socket_path} failed: {exc}") from None
+            raise AgentUnreachable(f"talking to the agent at {self.where} failed: {exc}") from None
         finally:
             connection.close()
         try:

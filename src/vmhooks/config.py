@@ -36,13 +36,21 @@ class AgentSettings(NamedTuple):
     hook_timeouts: Mapping[str, float] = {}  # "point" or "point/script" -> seconds
     allow_unsafe_hooks: bool = False
     properties: str | None = None  # oVirt UserDefinedVMProperties: name=regex;...
+    # Agent-to-agent (migration) API over TCP with mutual TLS.
+    listen: str | None = None  # HOST:PORT
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # peers must present a certificate signed by this CA
+    migration_address: str | None = None  # where peers' QEMU sends migration data (default: listen host)
+    migration_ports: str = "49152-49215"
+    migration_libvirt_uri: str | None = None  # how peers' libvirtd reaches ours (default: libvirt_uri)
 
     @property
     def socket_path(self) -> Path:
         return self.socket if self.socket is not None else self.run_dir / "vmhooks.sock"
 
 
-_PATHS = {"hooks_dir", "state_dir", "run_dir", "socket"}
+_PATHS = {"hooks_dir", "state_dir", "run_dir", "socket", "tls_cert", "tls_key", "tls_ca"}
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "libvirt_uri": str,
     "hooks_dir": str,
@@ -54,7 +62,34 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "hook_timeouts": dict,
     "allow_unsafe_hooks": bool,
     "properties": str,
+    "listen": str,
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_ca": str,
+    "migration_address": str,
+    "migration_ports": str,
+    "migration_libvirt_uri": str,
 }
+
+
+def split_address(address: str, what: str = "address") -> tuple[str, int]:
+    """'host:port' or '[v6]:port' -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{what} {address!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def port_range(text: str) -> range:
+    first, sep, last = text.partition("-")
+    try:
+        low, high = int(first), int(last if sep else first)
+    except ValueError:
+        raise UsageError(f"port range {text!r} is not LOW-HIGH") from None
+    if not 0 < low <= high < 65536:
+        raise UsageError(f"port range {text!r} is not LOW-HIGH within 1-65535")
+    return range(low, high + 1)
 
 
 def load_settings_file(path: Path) -> dict[str, Any]:

@@ -23,8 +23,9 @@ import libvirt
 from vmhooks import __version__, discovery, environment, properties
 from vmhooks.agent import domxml
 from vmhooks.agent import libvirtconn as lv
-from vmhooks.config import AgentSettings
-from vmhooks.errors import HookError, NoSuchVmError, UsageError, WrongStateError
+from vmhooks.client import Client, client_tls_context
+from vmhooks.config import AgentSettings, port_range, split_address
+from vmhooks.errors import HookError, NoSuchVmError, UsageError, VmhooksError, WrongStateError
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain
 from vmhooks.store import Store, VmRecord
 
@@ -144,8 +145,8 @@ class Agent:
                 assert domain is not None
                 self._update(vm, status=lv.status_of(domain), xml=domain.XMLDesc(0))
                 log.info("VM %s (%s): re-attached", vm.vm_id, vm.name)
-            elif vm.status == "starting":
-                self._forget(vm.vm_id)  # it never started: no hook to run
+            elif vm.status in ("starting", "incoming"):
+                self._forget(vm.vm_id)  # it never started here: no hook to run
             else:
                 log.info("VM %s (%s): stopped while the agent was away", vm.vm_id, vm.name)
                 self._forget(vm.vm_id)
@@ -501,6 +502,126 @@ class Agent:
             vm = self._update(vm, xml=domain.XMLDesc(0), device_custom=device_custom)
             self._device_chain(name, operation.after, device_xml, vm, props)
             return self._summary(vm)
+
+    # -- migration -------------------------------------------------------------
+
+    def migrate(self, vmId: str, dst: str) -> dict[str, Any]:  # noqa: N803
+        """Live-migrate to the agent at `dst` (HOST:PORT, mutual TLS).
+
+        Source hooks may refuse; the destination's hooks may refuse or edit
+        the XML it will run; libvirt migrates peer to peer. Any failure
+        leaves the VM running here and says why."""
+        peer = self._peer(dst)
+        with self._vm(vmId, RUNNING) as vm:
+            domain = self._domain(vm)
+            xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+            self._vm_chain("migrate", "before_vm_migrate_source", xml, vm)
+            devices = self._custom_devices(vm)
+            for props, device_xml in devices:
+                self._device_chain("migrate", "before_device_migrate_source", device_xml, vm, props)
+            offer = peer.call(
+                "VM.migrationCreate", vmId=vm.vm_id, xml=xml, custom=vm.custom, deviceCustom=vm.device_custom
+            )
+            vm = self._update(vm, status="migrating")
+            try:
+                params = {libvirt.VIR_MIGRATE_PARAM_URI: offer["migrationUri"]}
+                if offer["xml"] != xml:
+                    params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = offer["xml"]  # honoured, unlike upstream
+                flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+                if domain.isPersistent():
+                    flags |= libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+                lv.call(f"migrating VM {vm.name} to {dst}", domain.migrateToURI3, offer["libvirtUri"], params, flags)
+            except BaseException:
+                self._update(vm, status=lv.status_of(domain) if lv.is_active(domain) else "down")
+                self._tell_peer(peer, vm.vm_id, False)
+                raise
+            self._forget(vm.vm_id)
+            for props, device_xml in devices:
+                self._device_chain("migrate", "after_device_migrate_source", device_xml, vm, props)
+            self._vm_chain("migrate", "after_vm_migrate_source", xml, vm)
+            finished = self._tell_peer(peer, vm.vm_id, True)
+            return {"vmId": vm.vm_id, "name": vm.name, "status": "migrated", "destination": dst,
+                    "destinationStatus": finished.get("status") if finished else None}  # fmt: skip
+
+    def _peer(self, address: str) -> Client:
+        settings = self.settings
+        split_address(address, "dst")
+        if not (settings.tls_cert and settings.tls_key and settings.tls_ca):
+            raise UsageError("migration needs this agent's --tls-cert, --tls-key and --tls-ca")
+        context = client_tls_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
+        return Client(address=address, tls=context)
+
+    def _tell_peer(self, peer: Client, vm_id: str, success: bool) -> dict[str, Any] | None:
+        try:
+            return peer.call("VM.migrationFinish", vmId=vm_id, success=success)
+        except VmhooksError as exc:
+            log.error("VM %s: telling the destination the migration %s failed: %s",
+                      vm_id, "succeeded" if success else "failed", exc)  # fmt: skip
+            return None
+
+    def migrationCreate(  # noqa: N802
+        self,
+        vmId: str,  # noqa: N803
+        xml: str,
+        custom: Mapping[str, object] | None = None,
+        deviceCustom: Mapping[str, Mapping[str, object]] | None = None,  # noqa: N803
+    ) -> dict[str, Any]:
+        """Destination side, before libvirt migrates: run the destination
+        hooks and say where and with which XML to migrate."""
+        root = domxml.parse_domain(xml)
+        vm_id = domxml.ensure_uuid(root, vmId)
+        _, name = domxml.identity(root)
+        vm_custom = self._check_custom(custom, "custom property")
+        device_custom = {
+            str(key).lower(): self._check_custom(props, "device custom property")
+            for key, props in (deviceCustom or {}).items()
+        }
+        with self._lock_for(vm_id):
+            if vm_id in self._vms or lv.is_active(lv.lookup(self._conn, vm_id)):
+                raise WrongStateError(f"VM {vm_id} already runs on this host")
+            vm = self._update(VmRecord(vm_id, name or vm_id, "incoming", xml, vm_custom, device_custom))
+            try:
+                result = self._vm_chain("migrationCreate", "before_vm_migrate_destination", xml, vm)
+                for props, device_xml in self._custom_devices(vm):
+                    self._device_chain("migrationCreate", "before_device_migrate_destination", device_xml, vm, props)
+                address = self._migration_address()
+            except BaseException:
+                self._forget(vm_id)
+                raise
+            self._update(vm, xml=result.payload)
+            return {
+                "xml": result.payload,
+                "libvirtUri": self.settings.migration_libvirt_uri or self.settings.libvirt_uri,
+                "migrationUri": f"tcp://{address}",
+            }
+
+    def migrationFinish(self, vmId: str, success: bool) -> dict[str, Any]:  # noqa: N802,N803
+        """Destination side, after libvirt: adopt the VM and run the after hooks."""
+        with self._vm(vmId, frozenset({"incoming"})) as vm:
+            domain = lv.lookup(self._conn, vm.vm_id)
+            if not success or not lv.is_active(domain):
+                self._forget(vm.vm_id)
+                return {"vmId": vm.vm_id, "name": vm.name, "status": "down"}
+            assert domain is not None
+            live = domain.XMLDesc(0)
+            vm = self._update(vm, status=lv.status_of(domain), xml=live)
+            for props, device_xml in self._custom_devices(vm):
+                self._device_chain("migrationFinish", "after_device_migrate_destination", device_xml, vm, props)
+            self._vm_chain("migrationFinish", "after_vm_migrate_destination", live, vm)
+            return self._summary(vm)
+
+    def _migration_address(self) -> str:
+        """HOST:PORT where this host's QEMU will listen for the incoming VM."""
+        settings = self.settings
+        host = settings.migration_address or (split_address(settings.listen)[0] if settings.listen else "127.0.0.1")
+        for port in port_range(settings.migration_ports):
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                try:
+                    probe.bind((host, port))
+                except OSError:
+                    continue
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise WrongStateError(f"no free migration port in {settings.migration_ports} on {host}")
 
     # -- stats and capabilities ------------------------------------------------
 

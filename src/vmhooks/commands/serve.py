@@ -31,6 +31,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--properties", metavar="SPEC", help="custom property rules: name=regex;name=regex")
     parser.add_argument("--allow-unsafe-hooks", action="store_true", default=None,
                         help="development only: run hooks writable by group/others")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="also serve peers (migration) over TCP, mutual TLS only")
+    parser.add_argument("--tls-cert", type=Path, help="this agent's certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    parser.add_argument("--tls-ca", type=Path, help="the CA that signs every agent's certificate")
+    parser.add_argument("--migration-address", metavar="HOST", help="where peers send migration data (default: the --listen host)")
+    parser.add_argument("--migration-ports", metavar="LOW-HIGH", help="ports for incoming migrations (default: 49152-49215)")
+    parser.add_argument("--migration-libvirt-uri", metavar="URI", help="how peers' libvirtd reaches ours (default: --libvirt-uri)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.set_defaults(func=run)
 
@@ -54,7 +61,7 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
 
 def run(args: argparse.Namespace) -> int:
     from vmhooks.agent.core import Agent
-    from vmhooks.api import make_server
+    from vmhooks.api import make_servers
 
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -64,17 +71,20 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     agent = Agent(settings)
-    server = make_server(agent)  # bound (fails fast if another agent runs) but not serving yet
+    servers = make_servers(agent)  # bound (fails fast if another agent runs) but not serving yet
     try:
         agent.start()  # before_vdsm_start, then connect and re-attach
-        thread = threading.Thread(target=server.serve_forever, name="api", daemon=True)
-        thread.start()
+        for server in servers:
+            threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
         logging.getLogger("vmhooks").info(
-            "serving on %s (libvirt %s, hooks %s)", settings.socket_path, settings.libvirt_uri, settings.hooks_dir
-        )
+            "serving on %s%s (libvirt %s, hooks %s)", settings.socket_path,
+            f" and {settings.listen} (TLS)" if settings.listen else "", settings.libvirt_uri, settings.hooks_dir,
+        )  # fmt: skip
         stop.wait()
-        server.shutdown()
+        for server in servers:
+            server.shutdown()
     finally:
-        server.server_close()
+        for server in servers:
+            server.server_close()
         agent.stop()  # after_vdsm_stop
     return 0

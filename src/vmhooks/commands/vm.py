@@ -40,6 +40,12 @@ def register(subparsers: Any) -> None:
     add_client_options(listing)
     listing.set_defaults(func=run_list)
 
+    migrate = actions.add_parser("migrate", help="live-migrate a VM to another agent")
+    migrate.add_argument("vm", metavar="VM", help="UUID or name")
+    migrate.add_argument("--to", required=True, metavar="HOST:PORT", help="the destination agent's --listen address")
+    add_client_options(migrate)
+    migrate.set_defaults(func=run_migrate)
+
     for action, (_method, help_text) in VM_ACTIONS.items():
         sub = actions.add_parser(action, help=help_text)
         sub.add_argument("vm", metavar="VM", help="UUID or name")
@@ -105,6 +111,17 @@ def run_action(args: argparse.Namespace) -> int:
             print(table(["FIELD", "VALUE"], [[key, value] for key, value in sorted(stats.items())]))
         return 0
     _show(args, result)
+    return 0
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    agent = client(args)
+    result = agent.call("VM.migrate", vmId=resolve(agent, args.vm), dst=args.to)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{result['name']} ({result['vmId']}): migrated to {result['destination']}"
+              f" ({result.get('destinationStatus') or 'status unknown'} there)")  # fmt: skip
     return 0
 
 
