@@ -428,3 +428,24 @@ def test_crash_mid_operation_leaves_no_temp_files_after_restart(tmp_path, hooks_
         assert second.call("VM.list") == []
     finally:
         second.stop()
+
+
+def test_property_values_checked_against_installed_hooks_and_admin_rules(tmp_path, hooks_dir):
+    from vmhooks.catalogue import install
+
+    install(["pincpu"], hooks_dir)
+    agent = AgentProcess(tmp_path / "agent", hooks_dir, "test:///default", "--properties", "site=^[a-z]+$").start()
+    try:
+        with pytest.raises(RpcError) as error:
+            new_vm(agent, custom={"pincpu": "all of them"})
+        assert error.value.code == 3 and "pincpu='all of them' does not match" in str(error.value)
+        with pytest.raises(RpcError) as error:
+            new_vm(agent, custom={"site": "Lab 1"})
+        assert error.value.code == 3 and "site='Lab 1'" in str(error.value)
+        assert agent.call("VM.list") == []
+        vm_id = new_vm(agent, custom={"pincpu": "0-1", "site": "lab", "other": "x"})
+        assert "cpuset='0-1'" in agent.call("VM.getXML", vmId=vm_id)
+        history = agent.call("Host.getHookHistory", vmId=vm_id, point="before_vm_start")
+        assert history[-1]["warnings"] == ["custom property 'other' is declared by no installed hook or admin rule"]
+    finally:
+        agent.stop()

@@ -3,12 +3,15 @@ sha256 inventory the host reports with its capabilities."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 from pathlib import Path
 from typing import NamedTuple
 
 from vmhooks.errors import UnknownPointError
+
+log = logging.getLogger("vmhooks.discovery")
 
 
 class Script(NamedTuple):
@@ -34,6 +37,10 @@ def find_scripts(hooks_dir: Path, point: str) -> list[Script]:
         names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
         return []
+    except PermissionError:
+        # As upstream: scripts the agent cannot list cannot run. Say so.
+        log.warning("hook directory %s cannot be listed: its scripts do not run", directory)
+        return []
     scripts = []
     for name in sorted(names):
         if name.startswith("."):
@@ -58,18 +65,20 @@ def unsafe_reason(path: Path, trusted_uids: frozenset[int] | None = None) -> str
         trusted_uids = frozenset({0, os.geteuid()})
     try:
         st = os.stat(path)
-        parent = os.stat(path.parent)
+        # The link's directory and, for a symlink, the target's: either lets
+        # its writers swap what runs.
+        directories = {path.parent, Path(os.path.realpath(path)).parent}
+        parents = [(directory, os.stat(directory)) for directory in sorted(directories)]
     except OSError as exc:
         return f"cannot stat: {exc.strerror}"
     if st.st_uid not in trusted_uids:
         return f"owned by uid {st.st_uid}, not root or the agent's user"
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    if parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not parent.st_mode & stat.S_ISVTX:
-        return (
-            f"its directory is writable by group or others "
-            f"(mode {stat.S_IMODE(parent.st_mode):04o})"
-        )
+    for directory, parent in parents:
+        if parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not parent.st_mode & stat.S_ISVTX:
+            which = "its directory" if directory == path.parent else f"its target's directory {directory}"
+            return f"{which} is writable by group or others (mode {stat.S_IMODE(parent.st_mode):04o})"
     return None
 
 
@@ -95,7 +104,10 @@ def inventory(hooks_dir: Path) -> dict[str, dict[str, dict[str, str]]]:
     for point in entries:
         if point.startswith(".") or not (hooks_dir / point).is_dir():
             continue
-        scripts = find_scripts(hooks_dir, point)
+        try:
+            scripts = find_scripts(hooks_dir, point)
+        except OSError:  # a directory we cannot list has no scripts we could run
+            continue
         if scripts:
             result[point] = {s.name: {"checksum": file_sha256(s.path)} for s in scripts}
     return result

@@ -22,7 +22,8 @@ RESERVED_NAMES = frozenset(
         "HOSTALIASES", "OPENSSL_CONF", "SSL_CERT_FILE",
     }
 )  # fmt: skip
-RESERVED_PREFIXES = ("LD_", "PYTHON", "_hook_", "BASH_FUNC_", "MALLOC_", "GLIBC_")
+# VMHOOKS_*: the agent's settings for hooks (e.g. where nestedvt reads sysfs).
+RESERVED_PREFIXES = ("LD_", "PYTHON", "_hook_", "BASH_FUNC_", "MALLOC_", "GLIBC_", "VMHOOKS_")
 
 # The directory whose `hooking.py` (and `vdsm/hook/hooking.py`) hooks import.
 HOOKLIB_DIR = Path(__file__).resolve().parent / "hooklib"
@@ -77,7 +78,9 @@ def build_environment(
     win over params), then vmId; PYTHONPATH extended with the hooking module.
 
     Raises InvalidEnvironmentError before anything runs."""
-    env = dict(base)
+    # Our own names never leak in from the agent's environment (a stale vmId
+    # at a host point, a _hook_domxml that is not this chain's).
+    env = {name: value for name, value in base.items() if name != "vmId" and not name.startswith("_hook_")}
     env.update(validated(params, "param"))
     env.update(validated(custom, "custom property"))
     if vm_id is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 from vmhooks.errors import InvalidEnvironmentError
 
@@ -48,3 +49,19 @@ def check(values: Mapping[str, object] | None, rules: PropertyRules, origin: str
                 f"{origin} {name}={value!r} does not match its declared regex {rule.pattern!r}"
             )
     return tuple(warnings)
+
+
+def load_rules(hooks_dir: Path, admin_spec: str | None) -> dict[str, re.Pattern[str]] | None:
+    """The rules to check custom properties with: those declared by the
+    catalogue hooks installed under `hooks_dir`, then the admin's own
+    definitions (`name=regex;name=regex`, oVirt's UserDefinedVMProperties
+    form), which win for a name both declare.
+
+    None when nothing is declared at all: values go unchecked and no
+    "undeclared property" warnings are made on hosts that use no rules."""
+    from vmhooks.catalogue import installed_property_rules  # the catalogue imports this module
+
+    rules: dict[str, re.Pattern[str]] = dict(installed_property_rules(hooks_dir))
+    if admin_spec and admin_spec.strip():
+        rules.update(parse_user_defined(admin_spec))
+    return rules or None

@@ -191,6 +191,7 @@ def _run_scripts(
 ) -> tuple[tuple[ScriptRun, ...], bytes, str | None]:
     runs: list[ScriptRun] = []
     rejected: str | None = None
+    problem = ""
     original = current
     for script in scripts:
         seconds = config.timeout_for(point.name, script.name, timeout)
@@ -202,9 +203,13 @@ def _run_scripts(
         diff = unified_diff(point, current, after, script.name) if after != current else ""
         changed = bool(diff)
         if changed and point.output_used:
+            was = problem
             problem = read_problem or validation.output_problem(point, original, after)
             # The last script to change the payload decides: a later one may repair it.
-            rejected = f"output rejected: {script.name} {problem}" if problem else None
+            # A problem that an unrelated later edit carries along stays the fault
+            # of the script that made it.
+            if problem != was or rejected is None:
+                rejected = f"output rejected: {script.name} {problem}" if problem else None
         if outcome.exec_error:
             note = outcome.exec_error
         runs.append(ScriptRun(script.name, status, outcome.rc, duration, outcome.stderr, changed, diff, note))

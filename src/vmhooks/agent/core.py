@@ -23,6 +23,7 @@ import libvirt
 from vmhooks import __version__, discovery, environment, properties
 from vmhooks.agent import domxml
 from vmhooks.agent import libvirtconn as lv
+from vmhooks.catalogue import RECORD_DIR_NAME
 from vmhooks.client import Client, client_tls_context
 from vmhooks.config import AgentSettings, port_range, split_address
 from vmhooks.errors import HookError, NoSuchVmError, UsageError, VmhooksError, WrongStateError
@@ -98,9 +99,8 @@ class Agent:
         self._registry_lock = threading.Lock()
         self._events = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vm-events")
         self._callback_id: int | None = None
-        self._admin_rules = (
-            properties.parse_user_defined(settings.properties) if settings.properties else None
-        )
+        self._rules_cache: tuple[int | None, properties.PropertyRules | None] | None = None
+        self._property_rules()  # a bad --properties spec fails the start, not the first VM
 
     # -- life of the agent ---------------------------------------------------
 
@@ -207,10 +207,17 @@ class Agent:
         )
 
     def _property_rules(self) -> properties.PropertyRules | None:
-        load = getattr(properties, "load_rules", None)
-        if load is not None:
-            return load(self.settings.hooks_dir, self.settings.properties)
-        return self._admin_rules
+        """Installed hooks' and the admin's rules, re-read only when an
+        install or uninstall changed the catalogue's records."""
+        try:
+            stamp: int | None = (self.settings.hooks_dir / RECORD_DIR_NAME).stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        cached = self._rules_cache
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, properties.load_rules(self.settings.hooks_dir, self.settings.properties))
+            self._rules_cache = cached
+        return cached[1]
 
     def _run(
         self,

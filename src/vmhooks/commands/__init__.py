@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vmhooks.commands import hooks_check, hooks_list, hooks_run
+from vmhooks.commands import catalogue, demo, history, hooks_check, hooks_list, hooks_run, host, serve, vm
 
 Register = Callable[[Any], None]
 
@@ -17,4 +17,12 @@ def _register_hooks(subparsers: Any) -> None:
         register(nested)
 
 
-COMMANDS: list[Register] = [_register_hooks]
+COMMANDS: list[Register] = [
+    _register_hooks,
+    catalogue.register,
+    serve.register,
+    vm.register,
+    history.register,
+    host.register,
+    demo.register,
+]

@@ -11,6 +11,7 @@ from typing import Any
 from vmhooks.commands.common import add_hooks_dir, hooks_dir, name_values, read_input
 from vmhooks.errors import UsageError
 from vmhooks.points import HookPoint, Payload, Scope, get_point
+from vmhooks.properties import load_rules
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain
 
 
@@ -28,6 +29,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--vm-id", help="vmId (default: the domain XML's <uuid>)")
     parser.add_argument("--prop", action="append", metavar="NAME=VALUE", help="custom property")
     parser.add_argument("--param", action="append", metavar="NAME=VALUE", help="call parameter")
+    parser.add_argument(
+        "--properties",
+        metavar="NAME=REGEX;...",
+        help="admin property definitions (oVirt UserDefinedVMProperties form), checked "
+        "with those of the installed catalogue hooks",
+    )
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="per-script timeout")
     parser.add_argument("--output", choices=("report", "payload", "json"), default="report")
     parser.add_argument(
@@ -44,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     vm_id = args.vm_id
     if vm_id is None and point.scope is not Scope.HOST and point.payload is Payload.DOMAIN:
         vm_id = _domain_uuid(payload)
-    config = RunnerConfig(hooks_dir(args), allow_unsafe=args.allow_unsafe)
+    rules = load_rules(hooks_dir(args), args.properties)
+    config = RunnerConfig(hooks_dir(args), allow_unsafe=args.allow_unsafe, property_rules=rules)
     result = run_chain(
         point.name,
         payload,

@@ -1,0 +1,475 @@
+"""The catalogue of ready hooks: reading their manifests, installing them into
+a hooks tree, and the property rules of the installed ones.
+
+Each hook is a folder beside this module: `manifest.toml` (summary, the
+points it installs into with the script for each, the custom properties it
+reads with their value regex), `README.md`, and the scripts. Installing
+copies each script to `<hooks_dir>/<point>/<order>_<name>` (mode 0755) and
+records the manifest, plus the sha256 of every file written, in
+`<hooks_dir>/.vmhooks-catalogue/<name>.toml`; hidden names are skipped by
+discovery and by `hooks check`. The record is how an admin's later edits are
+recognised (installing or uninstalling over them asks for `force`) and how
+the property rules of the installed hooks are found.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from vmhooks.environment import check_name
+from vmhooks.errors import InvalidEnvironmentError, UnknownPointError, UsageError, VmhooksError
+from vmhooks.points import get_point
+from vmhooks.properties import compile_rule
+
+CATALOGUE_DIR = Path(__file__).resolve().parent
+RECORD_DIR_NAME = ".vmhooks-catalogue"
+SCRIPT_MODE = 0o755
+DEFAULT_ORDER = 50
+_HOOK_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+_MANIFEST_KEYS = frozenset({"name", "summary", "order", "points", "properties"})
+_PROPERTY_KEYS = frozenset({"name", "scope", "regex", "description"})
+
+
+class CatalogueError(UsageError):
+    """A catalogue operation that cannot be done as asked."""
+
+
+class Scope(str, enum.Enum):
+    VM = "vm"  # a VM custom property
+    DEVICE = "device"  # a device custom property (e.g. of a vNIC)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class PropertyDecl(NamedTuple):
+    """One custom property a hook reads, and what its values must look like."""
+
+    name: str
+    scope: Scope
+    regex: str
+    description: str = ""
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return compile_rule(self.name, self.regex)
+
+
+class HookScript(NamedTuple):
+    point: str
+    source: str  # file name inside the hook's folder
+
+
+class CatalogueHook(NamedTuple):
+    name: str
+    summary: str
+    order: int
+    scripts: tuple[HookScript, ...]
+    properties: tuple[PropertyDecl, ...]
+    directory: Path
+
+    @property
+    def points(self) -> tuple[str, ...]:
+        return tuple(script.point for script in self.scripts)
+
+    @property
+    def installed_name(self) -> str:
+        """The file name of each of its scripts in a point directory."""
+        return f"{self.order:02d}_{self.name}"
+
+    def target(self, point: str) -> str:
+        """`point/50_name`: where the script of `point` goes under a hooks root."""
+        return f"{point}/{self.installed_name}"
+
+    def source_path(self, script: HookScript) -> Path:
+        return self.directory / script.source
+
+    def readme(self) -> str:
+        return (self.directory / "README.md").read_text(encoding="utf-8")
+
+    def manifest_text(self) -> str:
+        return (self.directory / "manifest.toml").read_text(encoding="utf-8")
+
+
+class Action(str, enum.Enum):
+    CREATED = "created"
+    UPDATED = "updated"  # replaced an unmodified copy of another version
+    REPLACED = "replaced"  # replaced a modified copy (force)
+    UNCHANGED = "unchanged"
+    MODE_FIXED = "mode fixed"
+    REMOVED = "removed"
+    ABSENT = "absent"  # to be removed, but already gone
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class FileAction(NamedTuple):
+    """What install/uninstall did to one file (or the hook's record)."""
+
+    hook: str
+    path: Path
+    action: Action
+
+
+class InstalledHook(NamedTuple):
+    """A hook's record in a hooks tree: its manifest as installed, and the
+    sha256 of each file it wrote (keys `point/50_name`)."""
+
+    hook: CatalogueHook
+    files: Mapping[str, str]
+    record: Path
+
+
+# --- reading the catalogue -------------------------------------------------
+
+
+def catalogue_names() -> tuple[str, ...]:
+    """The names of the hooks shipped with vmhooks, sorted."""
+    return tuple(hook.name for hook in available())
+
+
+@cache
+def available() -> tuple[CatalogueHook, ...]:
+    """Every hook shipped with vmhooks, sorted by name."""
+    hooks = []
+    for entry in sorted(CATALOGUE_DIR.iterdir()):
+        if entry.is_dir() and (entry / "manifest.toml").is_file():
+            hooks.append(load_manifest(entry))
+    return tuple(hooks)
+
+
+def get_hook(name: str) -> CatalogueHook:
+    for hook in available():
+        if hook.name == name:
+            return hook
+    raise CatalogueError(
+        f"no catalogue hook named {name!r} (available: {', '.join(catalogue_names())})"
+    )
+
+
+def load_manifest(directory: Path) -> CatalogueHook:
+    """Read and check `directory/manifest.toml`."""
+    path = directory / "manifest.toml"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogueError(f"{path}: cannot read the manifest: {exc}") from None
+    return parse_manifest(data, directory, str(path))
+
+
+def parse_manifest(data: Mapping[str, Any], directory: Path, where: str) -> CatalogueHook:
+    """A CatalogueHook from a parsed manifest; CatalogueError naming `where`."""
+
+    def fail(message: str) -> CatalogueError:
+        return CatalogueError(f"{where}: {message}")
+
+    unknown = set(data) - _MANIFEST_KEYS - {"installed"}
+    if unknown:
+        raise fail(f"unknown keys {sorted(unknown)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not _HOOK_NAME.match(name):
+        raise fail(f"'name' must be a lower-case identifier, not {name!r}")
+    summary = data.get("summary")
+    if not isinstance(summary, str) or not summary.strip() or "\n" in summary.strip():
+        raise fail("'summary' must be one line of text")
+    order = data.get("order", DEFAULT_ORDER)
+    if not isinstance(order, int) or isinstance(order, bool) or not 0 <= order <= 99:
+        raise fail(f"'order' must be an integer 0..99, not {order!r}")
+    points = data.get("points")
+    if not isinstance(points, dict) or not points:
+        raise fail("'points' must be a table of point = script file")
+    scripts = []
+    for point, source in points.items():
+        try:
+            get_point(point)
+        except UnknownPointError as exc:
+            raise fail(str(exc)) from None
+        if not isinstance(source, str) or "/" in source or source.startswith("."):
+            raise fail(f"point {point}: the script must be a file name, not {source!r}")
+        scripts.append(HookScript(point, source))
+    properties = []
+    declared = data.get("properties", [])
+    if not isinstance(declared, list):
+        raise fail("'properties' must be an array of tables ([[properties]])")
+    for entry in declared:
+        properties.append(_parse_property(entry, fail))
+    return CatalogueHook(name, summary.strip(), order, tuple(scripts), tuple(properties), directory)
+
+
+def _parse_property(entry: Any, fail: Callable[[str], CatalogueError]) -> PropertyDecl:
+    if not isinstance(entry, dict):
+        raise fail("each [[properties]] entry must be a table")
+    unknown = set(entry) - _PROPERTY_KEYS
+    if unknown:
+        raise fail(f"property: unknown keys {sorted(unknown)}")
+    name, scope, regex = entry.get("name"), entry.get("scope", "vm"), entry.get("regex")
+    if not isinstance(name, str):
+        raise fail(f"property: 'name' must be a string, not {name!r}")
+    try:
+        check_name(name, "custom property")
+    except InvalidEnvironmentError as exc:
+        raise fail(str(exc)) from None
+    try:
+        scope = Scope(scope)
+    except ValueError:
+        raise fail(f"property {name}: scope must be 'vm' or 'device', not {scope!r}") from None
+    if not isinstance(regex, str):
+        raise fail(f"property {name}: 'regex' must be a string")
+    try:
+        compile_rule(name, regex)
+    except InvalidEnvironmentError as exc:
+        raise fail(str(exc)) from None
+    description = entry.get("description", "")
+    if not isinstance(description, str):
+        raise fail(f"property {name}: 'description' must be a string")
+    return PropertyDecl(name, scope, regex, description)
+
+
+# --- installed hooks -------------------------------------------------------
+
+
+def record_dir(hooks_dir: Path) -> Path:
+    return hooks_dir / RECORD_DIR_NAME
+
+
+def installed(hooks_dir: Path) -> dict[str, InstalledHook]:
+    """The catalogue hooks recorded as installed under `hooks_dir`, by name.
+
+    A record that cannot be read is an error (not skipped): the property
+    rules it declares would silently stop being enforced."""
+    directory = record_dir(hooks_dir)
+    try:
+        names = sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except OSError as exc:
+        raise VmhooksError(f"cannot list {directory}: {exc.strerror}") from None
+    found: dict[str, InstalledHook] = {}
+    for entry in names:
+        if entry.startswith(".") or not entry.endswith(".toml"):
+            continue
+        hook = read_record(directory / entry)
+        found[hook.hook.name] = hook
+    return found
+
+
+def read_record(path: Path) -> InstalledHook:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise VmhooksError(f"catalogue record {path} cannot be read: {exc}") from None
+    hook = parse_manifest(data, path.parent, f"catalogue record {path}")
+    info = data.get("installed", {})
+    files = info.get("files", {}) if isinstance(info, dict) else {}
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise VmhooksError(f"catalogue record {path}: [installed.files] must map paths to sha256")
+    return InstalledHook(hook, dict(files), path)
+
+
+def installed_property_rules(hooks_dir: Path) -> dict[str, re.Pattern[str]]:
+    """{property: compiled regex} declared by the hooks installed under
+    `hooks_dir` (VM and device properties alike). Two hooks declaring the
+    same property: a value is valid when either regex accepts it."""
+    regexes: dict[str, list[str]] = {}
+    for record in installed(hooks_dir).values():
+        for decl in record.hook.properties:
+            known = regexes.setdefault(decl.name, [])
+            if decl.regex not in known:
+                known.append(decl.regex)
+    rules = {}
+    for name, patterns in regexes.items():
+        regex = patterns[0] if len(patterns) == 1 else "|".join(f"(?:{p})" for p in patterns)
+        rules[name] = compile_rule(name, regex)
+    return rules
+
+
+def user_defined_form(decls: Iterable[PropertyDecl]) -> str:
+    """`name=regex;name=regex`: oVirt's UserDefinedVMProperties form."""
+    return ";".join(f"{decl.name}={decl.regex}" for decl in decls)
+
+
+# --- install / uninstall ---------------------------------------------------
+
+
+def file_sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise VmhooksError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def install(names: Iterable[str], hooks_dir: Path, *, force: bool = False) -> list[FileAction]:
+    """Install the named hooks under `hooks_dir` (created if missing).
+
+    Idempotent. Every file is checked before anything is written: a file in
+    the way that is not an unmodified copy installed by us (an admin's edit,
+    someone else's script) stops the whole install unless `force`."""
+    hooks = [get_hook(name) for name in _unique(names)]
+    previous = installed(hooks_dir) if hooks_dir.is_dir() else {}
+    plans = [(hook, _plan_install(hook, hooks_dir, previous.get(hook.name))) for hook in hooks]
+    conflicts = [conflict for _, plan in plans for conflict in plan.conflicts]
+    if conflicts and not force:
+        raise CatalogueError(
+            "not installing: " + "; ".join(conflicts) + " (use --force to overwrite)"
+        )
+    actions: list[FileAction] = []
+    for hook, plan in plans:
+        actions.extend(_apply_install(hook, hooks_dir, plan))
+    return actions
+
+
+def uninstall(names: Iterable[str], hooks_dir: Path, *, force: bool = False) -> list[FileAction]:
+    """Remove the named hooks' scripts and records from `hooks_dir`.
+
+    Files that were changed since they were installed stay unless `force`."""
+    records = installed(hooks_dir) if hooks_dir.is_dir() else {}
+    plans = []
+    for name in _unique(names):
+        record = records.get(name)
+        if record is None:
+            files = _catalogue_files(get_hook(name))
+            if not any((hooks_dir / target).exists() for target in files):
+                raise CatalogueError(f"{name} is not installed under {hooks_dir}")
+        else:
+            files = dict(record.files)
+        plans.append((name, record, files))
+    conflicts = []
+    for name, _, files in plans:
+        for target, digest in files.items():
+            current = file_sha256(hooks_dir / target)
+            if current is not None and current != digest:
+                conflicts.append(f"{hooks_dir / target} was modified since {name} was installed")
+    if conflicts and not force:
+        raise CatalogueError("not uninstalling: " + "; ".join(conflicts) + " (use --force)")
+    actions = []
+    for name, record, files in plans:
+        for target in files:
+            path = hooks_dir / target
+            try:
+                path.unlink()
+                actions.append(FileAction(name, path, Action.REMOVED))
+            except FileNotFoundError:
+                actions.append(FileAction(name, path, Action.ABSENT))
+        if record is not None:
+            record.record.unlink(missing_ok=True)
+            actions.append(FileAction(name, record.record, Action.REMOVED))
+    return actions
+
+
+class _InstallPlan(NamedTuple):
+    writes: tuple[tuple[str, Path, Action], ...]  # (target, source, action)
+    stale: tuple[str, ...]  # targets of a previous version no longer shipped
+    conflicts: tuple[str, ...]
+
+
+def _catalogue_files(hook: CatalogueHook) -> dict[str, str]:
+    return {
+        hook.target(script.point): hashlib.sha256(hook.source_path(script).read_bytes()).hexdigest()
+        for script in hook.scripts
+    }
+
+
+def _plan_install(hook: CatalogueHook, hooks_dir: Path, previous: InstalledHook | None) -> _InstallPlan:
+    recorded = dict(previous.files) if previous else {}
+    writes, conflicts = [], []
+    for script in hook.scripts:
+        target = hook.target(script.point)
+        source = hook.source_path(script)
+        path = hooks_dir / target
+        current = file_sha256(path)
+        wanted = hashlib.sha256(source.read_bytes()).hexdigest()
+        if current is None:
+            action = Action.CREATED
+        elif current == wanted:
+            mode_ok = stat.S_IMODE(os.lstat(path).st_mode) == SCRIPT_MODE and not path.is_symlink()
+            action = Action.UNCHANGED if mode_ok else Action.MODE_FIXED
+        elif recorded.get(target) == current:
+            action = Action.UPDATED
+        else:
+            action = Action.REPLACED
+            why = "was modified since it was installed" if target in recorded else "is not ours"
+            conflicts.append(f"{path} {why}")
+        writes.append((target, source, action))
+    targets = {target for target, _, _ in writes}
+    stale = []
+    for target, digest in recorded.items():
+        if target in targets:
+            continue
+        current = file_sha256(hooks_dir / target)
+        if current is not None and current != digest:
+            conflicts.append(f"{hooks_dir / target} (no longer shipped) was modified")
+        stale.append(target)
+    return _InstallPlan(tuple(writes), tuple(stale), tuple(conflicts))
+
+
+def _apply_install(hook: CatalogueHook, hooks_dir: Path, plan: _InstallPlan) -> list[FileAction]:
+    actions = []
+    files: dict[str, str] = {}
+    for target, source, action in plan.writes:
+        path = hooks_dir / target
+        content = source.read_bytes()
+        if action is not Action.UNCHANGED:
+            _make_dir(path.parent)
+            _write_atomically(path, content, SCRIPT_MODE)
+        files[target] = hashlib.sha256(content).hexdigest()
+        actions.append(FileAction(hook.name, path, action))
+    for target in plan.stale:
+        path = hooks_dir / target
+        path.unlink(missing_ok=True)
+        actions.append(FileAction(hook.name, path, Action.REMOVED))
+    record = record_dir(hooks_dir) / f"{hook.name}.toml"
+    text = _record_text(hook, files)
+    old = record.read_text(encoding="utf-8") if record.is_file() else None
+    if old != text:
+        _make_dir(record.parent)
+        _write_atomically(record, text.encode("utf-8"), 0o644)
+        actions.append(FileAction(hook.name, record, Action.CREATED if old is None else Action.UPDATED))
+    return actions
+
+
+def _record_text(hook: CatalogueHook, files: Mapping[str, str]) -> str:
+    """The hook's manifest as shipped, then the [installed] table."""
+    manifest = hook.manifest_text()
+    lines = [manifest.rstrip("\n"), "", "# Written by `vmhooks catalogue install`.", "[installed.files]"]
+    lines += [f"{json.dumps(target)} = {json.dumps(digest)}" for target, digest in sorted(files.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _make_dir(directory: Path) -> None:
+    if not directory.is_dir():
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+
+
+def _write_atomically(path: Path, content: bytes, mode: int) -> None:
+    temp = path.parent / f".{path.name}.vmhooks-tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+        os.chmod(temp, mode)  # exactly `mode`, whatever the umask
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _unique(names: Iterable[str]) -> list[str]:
+    seen: list[str] = []
+    for name in names:
+        if name not in seen:
+            seen.append(name)
+    if not seen:
+        raise CatalogueError("name at least one catalogue hook")
+    return seen

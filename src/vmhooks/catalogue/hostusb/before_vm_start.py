@@ -1,0 +1,90 @@
+#!/usr/bin/python3
+"""hostusb: pass host USB devices through to the VM.
+
+hostusb=0x1234:0xbeef&0x2222:0xabaa adds, per device,
+
+  <hostdev mode='subsystem' type='usb'>
+    <source>
+      <vendor id='0x1234'/>
+      <product id='0xbeef'/>
+    </source>
+  </hostdev>
+
+A device already passed through is skipped. A malformed id: exit 1, nothing
+changed. The device must be plugged in when the VM starts (libvirt refuses
+to start it otherwise); a device local to the host blocks migration.
+"""
+import os
+import re
+
+import hooking
+
+DEVICE = re.compile(r"0x([0-9a-fA-F]{4}):0x([0-9a-fA-F]{4})\Z")
+
+
+def elements(parent, tag):
+    return [node for node in parent.childNodes
+            if node.nodeType == node.ELEMENT_NODE and node.tagName == tag]
+
+
+def parse(value):
+    ids = []
+    for item in value.split("&"):
+        match = DEVICE.match(item.strip())
+        if not match:
+            raise ValueError("%r: expected 0xVVVV:0xPPPP" % item)
+        ids.append(tuple(item.strip().split(":")))
+    return ids
+
+
+def present(devices):
+    found = set()
+    for hostdev in elements(devices, "hostdev"):
+        if hostdev.getAttribute("type") != "usb":
+            continue
+        for source in elements(hostdev, "source"):
+            vendor, product = elements(source, "vendor"), elements(source, "product")
+            if vendor and product:
+                found.add((vendor[0].getAttribute("id").lower(), product[0].getAttribute("id").lower()))
+    return found
+
+
+def main():
+    value = os.environ.get("hostusb")
+    if value is None:
+        return
+    try:
+        ids = parse(value)
+    except ValueError as exc:
+        hooking.exit_hook("hostusb: invalid value %r: %s" % (value, exc), 1)
+    domxml = hooking.read_domxml()
+    devices = elements(domxml.documentElement, "devices")
+    if not devices:
+        hooking.exit_hook("hostusb: the domain has no <devices>", 1)
+    devices = devices[0]
+    already = present(devices)
+    added = []
+    for vendor, product in ids:
+        key = (vendor.lower(), product.lower())
+        if key in already:
+            hooking.log("hostusb: %s:%s is already passed through, skipped" % (vendor, product))
+            continue
+        already.add(key)
+        hostdev = domxml.createElement("hostdev")
+        hostdev.setAttribute("mode", "subsystem")
+        hostdev.setAttribute("type", "usb")
+        source = domxml.createElement("source")
+        for tag, ident in (("vendor", vendor), ("product", product)):
+            element = domxml.createElement(tag)
+            element.setAttribute("id", ident)
+            source.appendChild(element)
+        hostdev.appendChild(source)
+        devices.appendChild(hostdev)
+        added.append("%s:%s" % (vendor, product))
+    if added:
+        hooking.log("hostusb: passing through %s" % ", ".join(added))
+        hooking.write_domxml(domxml)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+#!/usr/bin/python3
+"""smartcard: give the VM a smart card reader, passed through from the
+SPICE client.
+
+smartcard=true   adds <smartcard mode='passthrough' type='spicevmc'/>
+smartcard=false  does nothing
+
+A VM that already has a <smartcard> is left alone.
+"""
+import os
+
+import hooking
+
+
+def main():
+    if not hooking.tobool(os.environ.get("smartcard")):
+        return
+    domxml = hooking.read_domxml()
+    devices = [node for node in domxml.documentElement.childNodes
+               if node.nodeType == node.ELEMENT_NODE and node.tagName == "devices"]
+    if not devices:
+        hooking.exit_hook("smartcard: the domain has no <devices>", 1)
+    if devices[0].getElementsByTagName("smartcard"):
+        hooking.log("smartcard: the VM already has a smart card, doing nothing")
+        return
+    smartcard = domxml.createElement("smartcard")
+    smartcard.setAttribute("mode", "passthrough")
+    smartcard.setAttribute("type", "spicevmc")
+    devices[0].appendChild(smartcard)
+    hooking.log("smartcard: added a passthrough smart card (spicevmc)")
+    hooking.write_domxml(domxml)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Finding a point's scripts, the safety checks, the sha256 inventory."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmhooks.discovery import find_scripts, inventory, point_dir, unsafe_reason
+from vmhooks.errors import UnknownPointError
+
+POINT = "before_vm_start"
+NOBODY = 65534
+
+
+def names(hooks_dir: Path, point: str = POINT) -> list[str]:
+    return [script.name for script in find_scripts(hooks_dir, point)]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def as_nobody(function: Callable[[], Any]) -> Any:
+    """Run `function` in a forked child as uid/gid 65534; its JSON result.
+
+    Root reads any file whatever its mode, so "unreadable" needs another user."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.write(write_end, json.dumps(function()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    data = b""
+    while chunk := os.read(read_end, 1 << 16):
+        data += chunk
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return json.loads(data)
+
+
+@pytest.fixture
+def public_hooks_dir() -> Iterator[Path]:
+    """A hooks root that uid 65534 can reach (pytest's tmp_path is 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="vmhooks-test-"))
+    os.chmod(root, 0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root)
+
+
+# --- which entries are scripts ---------------------------------------------
+
+
+def test_code_point_order(make_hook: Callable[..., Path], hooks_dir: Path) -> None:
+    for name in ("a", "Z", "9_b", "10_a", "_x", "B"):
+        make_hook(POINT, name, "exit 0\n")
+    assert names(hooks_dir) == ["10_a", "9_b", "B", "Z", "_x", "a"]
+
+
+def test_scripts_carry_their_path(make_hook: Callable[..., Path], hooks_dir: Path) -> None:
+    path = make_hook(POINT, "10_a", "exit 0\n")
+    [script] = find_scripts(hooks_dir, POINT)
+    assert script.path == path
+
+
+def test_hidden_files_skipped(make_hook: Callable[..., Path], hooks_dir: Path) -> None:
+    make_hook(POINT, ".hidden", "exit 0\n")
+    make_hook(POINT, ".10_also_hidden", "exit 0\n")
+    make_hook(POINT, "20_visible", "exit 0\n")
+    assert names(hooks_dir) == ["20_visible"]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o600, 0o444])
+def test_non_executable_skipped(make_hook: Callable[..., Path], hooks_dir: Path, mode: int) -> None:
+    make_hook(POINT, "10_plain", "exit 0\n", mode=mode)
+    make_hook(POINT, "20_exec", "exit 0\n")
+    assert names(hooks_dir) == ["20_exec"]
+
+
+def test_dangling_symlink_skipped(make_hook: Callable[..., Path], hooks_dir: Path) -> None:
+    make_hook(POINT, "20_real", "exit 0\n")
+    os.symlink(hooks_dir / "nowhere", hooks_dir / POINT / "10_dangling")
+    assert names(hooks_dir) == ["20_real"]
+
+
+def test_symlink_to_executable_followed(hooks_dir: Path, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.sh"
+    target.write_text("#!/bin/sh\nexit 0\n")
+    os.chmod(target, 0o755)
+    (hooks_dir / POINT).mkdir()
+    link = hooks_dir / POINT / "10_link"
+    os.symlink(target, link)
+    [script] = find_scripts(hooks_dir, POINT)
+    assert script.name == "10_link"
+    assert script.path == link  # named by the link, run through it
+
+
+def test_symlink_to_non_executable_skipped(hooks_dir: Path, tmp_path: Path) -> None:
+    target = tmp_path / "plain.sh"
+    target.write_text("#!/bin/sh\nexit 0\n")
+    os.chmod(target, 0o644)
+    (hooks_dir / POINT).mkdir()
+    os.symlink(target, hooks_dir / POINT / "10_link")
+    assert names(hooks_dir) == []
+
+
+def test_subdirectories_never_entered(make_hook: Callable[..., Path], hooks_dir: Path) -> None:
+    make_hook(POINT, "30_top", "exit 0\n")
+    sub = hooks_dir / POINT / "10_sub"
+    sub.mkdir(mode=0o755)  # a directory is "executable" (searchable): still not a script
+    inner = sub / "inner"
+    inner.write_text("#!/bin/sh\nexit 0\n")
+    os.chmod(inner, 0o755)
+    os.symlink(sub, hooks_dir / POINT / "20_link_to_dir")
+    assert names(hooks_dir) == ["30_top"]
+
+
+def test_fifo_is_not_a_script(make_hook: Callable[..., Path], hooks_dir: Path) -> None:
+    make_hook(POINT, "20_real", "exit 0\n")
+    os.mkfifo(hooks_dir / POINT / "10_fifo", 0o755)
+    assert names(hooks_dir) == ["20_real"]
+
+
+def test_missing_point_dir_has_no_scripts(hooks_dir: Path) -> None:
+    assert find_scripts(hooks_dir, POINT) == []
+    assert find_scripts(hooks_dir / "no-such-root", POINT) == []
+
+
+def test_point_that_is_a_file_has_no_scripts(hooks_dir: Path) -> None:
+    (hooks_dir / POINT).write_text("#!/bin/sh\n")
+    os.chmod(hooks_dir / POINT, 0o755)
+    assert find_scripts(hooks_dir, POINT) == []
+
+
+@pytest.mark.parametrize(
+    "point", ["..", "../etc", "/etc", "before_vm_start/../../x", "a/b", "", "a\0b"]
+)
+def test_point_names_that_leave_the_root_refused(hooks_dir: Path, point: str) -> None:
+    with pytest.raises(ValueError):  # hook-points.md: a ValueError-class error
+        find_scripts(hooks_dir, point)
+    with pytest.raises(UnknownPointError):
+        point_dir(hooks_dir, point)
+
+
+def test_absolute_point_name_does_not_escape(tmp_path: Path, hooks_dir: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    script = outside / "evil"
+    script.write_text("#!/bin/sh\n")
+    os.chmod(script, 0o755)
+    with pytest.raises(UnknownPointError):
+        find_scripts(hooks_dir, str(outside))
+
+
+# --- safety -----------------------------------------------------------------
+
+
+def test_safe_script_has_no_reason(make_hook: Callable[..., Path]) -> None:
+    assert unsafe_reason(make_hook(POINT, "10_ok", "exit 0\n")) is None
+    assert unsafe_reason(make_hook(POINT, "20_ok", "exit 0\n", mode=0o700)) is None
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o757, 0o777, 0o765])
+def test_group_or_other_writable_is_unsafe(make_hook: Callable[..., Path], mode: int) -> None:
+    reason = unsafe_reason(make_hook(POINT, "10_w", "exit 0\n", mode=mode))
+    assert reason is not None
+    assert "writable by group or others" in reason
+    assert f"{mode:04o}" in reason
+
+
+def test_foreign_owner_is_unsafe(make_hook: Callable[..., Path]) -> None:
+    path = make_hook(POINT, "10_foreign", "exit 0\n")
+    os.chown(path, NOBODY, -1)
+    reason = unsafe_reason(path)
+    assert reason is not None and f"owned by uid {NOBODY}" in reason
+
+
+def test_trusted_uids_can_be_given(make_hook: Callable[..., Path]) -> None:
+    path = make_hook(POINT, "10_foreign", "exit 0\n")
+    os.chown(path, NOBODY, -1)
+    assert unsafe_reason(path, frozenset({NOBODY})) is None
+    os.chown(path, 0, -1)
+    assert "owned by uid 0" in (unsafe_reason(path, frozenset({NOBODY})) or "")
+
+
+def test_writable_directory_is_unsafe(make_hook: Callable[..., Path], hooks_dir: Path) -> None:
+    path = make_hook(POINT, "10_ok", "exit 0\n")
+    os.chmod(hooks_dir / POINT, 0o777)
+    reason = unsafe_reason(path)
+    assert reason is not None and "directory is writable" in reason
+    os.chmod(hooks_dir / POINT, 0o1777)  # sticky: others cannot swap our file
+    assert unsafe_reason(path) is None
+
+
+def test_missing_file_is_unsafe(hooks_dir: Path) -> None:
+    reason = unsafe_reason(hooks_dir / POINT / "gone")
+    assert reason is not None and "cannot stat" in reason
+
+
+# --- inventory -----------------------------------------------------------------
+
+
+def test_inventory_shape_and_checksums(make_hook: Callable[..., Path], hooks_dir: Path) -> None:
+    a = make_hook("before_vm_start", "10_a", "echo a\n")
+    b = make_hook("before_vm_start", "20_b", "echo b\n")
+    c = make_hook("after_vm_destroy", "50_c", "print('c')\n", lang="python")
+    assert inventory(hooks_dir) == {
+        "before_vm_start": {"10_a": {"checksum": sha(a)}, "20_b": {"checksum": sha(b)}},
+        "after_vm_destroy": {"50_c": {"checksum": sha(c)}},
+    }
+    assert sha(a) != sha(b)
+    assert len(sha(a)) == 64
+
+
+def test_inventory_leaves_out_dirs_without_scripts(
+    make_hook: Callable[..., Path], hooks_dir: Path
+) -> None:
+    make_hook("before_vm_start", "10_a", "exit 0\n")
+    make_hook("after_vm_start", "10_plain", "exit 0\n", mode=0o644)  # not executable
+    make_hook("after_vm_pause", ".hidden", "exit 0\n")
+    (hooks_dir / "after_vm_cont").mkdir()  # empty
+    (hooks_dir / "stray_file").write_text("x")  # a file in the root
+    os.chmod(hooks_dir / "stray_file", 0o755)
+    hidden_dir = hooks_dir / ".git"
+    hidden_dir.mkdir()
+    (hidden_dir / "x").write_text("#!/bin/sh\n")
+    os.chmod(hidden_dir / "x", 0o755)
+    assert list(inventory(hooks_dir)) == ["before_vm_start"]
+
+
+def test_inventory_follows_the_same_rules_as_discovery(
+    make_hook: Callable[..., Path], hooks_dir: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "target"
+    target.write_text("#!/bin/sh\necho target\n")
+    os.chmod(target, 0o755)
+    make_hook(POINT, "20_real", "exit 0\n")
+    os.symlink(target, hooks_dir / POINT / "10_link")
+    os.symlink(tmp_path / "nowhere", hooks_dir / POINT / "30_dangling")
+    (hooks_dir / POINT / "40_subdir").mkdir()
+    found = inventory(hooks_dir)[POINT]
+    assert list(found) == ["10_link", "20_real"]
+    assert found["10_link"]["checksum"] == sha(target)
+
+
+def test_inventory_of_missing_root_is_empty(tmp_path: Path) -> None:
+    assert inventory(tmp_path / "nope") == {}
+
+
+def test_inventory_empty_checksum_where_unreadable(public_hooks_dir: Path) -> None:
+    # Executable by others but not readable: the agent (here uid 65534) finds
+    # it runnable yet cannot hash it.
+    point = public_hooks_dir / POINT
+    point.mkdir(mode=0o755)
+    os.chmod(point, 0o755)
+    secret = point / "10_secret"
+    secret.write_text("#!/bin/sh\nexit 0\n")
+    os.chmod(secret, 0o711)
+    readable = point / "20_open"
+    readable.write_text("#!/bin/sh\nexit 0\n")
+    os.chmod(readable, 0o755)
+    if os.geteuid() == 0:
+        found = as_nobody(lambda: inventory(public_hooks_dir))
+    else:
+        os.chmod(secret, 0o111)
+        found = inventory(public_hooks_dir)
+    assert found == {POINT: {"10_secret": {"checksum": ""}, "20_open": {"checksum": sha(readable)}}}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another user")
+def test_inventory_skips_point_dirs_it_cannot_list(public_hooks_dir: Path) -> None:
+    # A point directory the agent cannot read has no scripts it could run:
+    # it is left out, and the other points are still reported.
+    for point, mode in (("before_vm_start", 0o700), ("after_vm_start", 0o755)):
+        directory = public_hooks_dir / point
+        directory.mkdir()
+        os.chmod(directory, mode)
+        script = directory / "10_x"
+        script.write_text("#!/bin/sh\nexit 0\n")
+        os.chmod(script, 0o755)
+    found = as_nobody(lambda: inventory(public_hooks_dir))
+    assert list(found) == ["after_vm_start"]
