@@ -36,6 +36,7 @@ class AgentSettings(NamedTuple):
     hook_timeouts: Mapping[str, float] = {}  # "point" or "point/script" -> seconds
     allow_unsafe_hooks: bool = False
     properties: str | None = None  # oVirt UserDefinedVMProperties: name=regex;...
+    save_dir: Path | None = None  # hibernation images (default: <state_dir>/hibernation)
     # Agent-to-agent (migration) API over TCP with mutual TLS.
     listen: str | None = None  # HOST:PORT
     tls_cert: Path | None = None
@@ -50,7 +51,7 @@ class AgentSettings(NamedTuple):
         return self.socket if self.socket is not None else self.run_dir / "vmhooks.sock"
 
 
-_PATHS = {"hooks_dir", "state_dir", "run_dir", "socket", "tls_cert", "tls_key", "tls_ca"}
+_PATHS = {"hooks_dir", "state_dir", "run_dir", "socket", "save_dir", "tls_cert", "tls_key", "tls_ca"}
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "libvirt_uri": str,
     "hooks_dir": str,
@@ -62,6 +63,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "hook_timeouts": dict,
     "allow_unsafe_hooks": bool,
     "properties": str,
+    "save_dir": str,
     "listen": str,
     "tls_cert": str,
     "tls_key": str,

@@ -88,10 +88,13 @@ class Agent:
         self.settings = settings
         self.state_dir = settings.state_dir
         self.tmp_dir = self.state_dir / "tmp"
-        self.save_dir = self.state_dir / "hibernation"
         self.flags_dir = settings.run_dir / "launch-flags"
-        for directory in (self.state_dir, self.tmp_dir, self.save_dir, settings.run_dir, self.flags_dir):
+        for directory in (self.state_dir, self.tmp_dir, settings.run_dir, self.flags_dir):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # libvirtd writes the images: a session daemon as another user needs a
+        # directory of its own, so it can be set apart from the private state.
+        self.save_dir = settings.save_dir or self.state_dir / "hibernation"
+        self.save_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store = Store(self.state_dir / "vmhooks.db")
         self.conn: libvirt.virConnect | None = None
         self._vms: dict[str, VmRecord] = {}
