@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,20 @@ VMHOOKS = [sys.executable, "-m", "vmhooks.cli"]
 
 
 class AgentProcess:
-    """`vmhooks serve` on its own state, run dir and socket under `root`."""
+    """`vmhooks serve` on its own state, run dir and socket under `root`.
 
-    def __init__(self, root: Path, hooks_dir: Path, uri: str = "test:///default", *extra: str) -> None:
+    `prefix` goes in front of the command, e.g. a NetNamespace's
+    command_prefix() to run the agent in a network namespace (the test
+    still reaches it on its Unix socket)."""
+
+    def __init__(
+        self, root: Path, hooks_dir: Path, uri: str = "test:///default", *extra: str, prefix: Sequence[str] = ()
+    ) -> None:
         self.root = root
         self.hooks_dir = hooks_dir
         self.uri = uri
         self.extra = extra
+        self.prefix = tuple(prefix)
         self.state_dir = root / "state"
         self.run_dir = root / "run"
         self.socket = self.run_dir / "vmhooks.sock"
@@ -33,7 +41,7 @@ class AgentProcess:
 
     def command(self) -> list[str]:
         return [
-            *VMHOOKS, "serve", "--libvirt-uri", self.uri, "--hooks-dir", str(self.hooks_dir),
+            *self.prefix, *VMHOOKS, "serve", "--libvirt-uri", self.uri, "--hooks-dir", str(self.hooks_dir),
             "--state-dir", str(self.state_dir), "--run-dir", str(self.run_dir),
             "--config", os.devnull, "--log-level", "DEBUG", *self.extra,
         ]  # fmt: skip
@@ -61,6 +69,8 @@ class AgentProcess:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # the agent dumps every thread's stack
+            time.sleep(1)
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"agent did not stop within {timeout}s:\n{self.log()}") from None

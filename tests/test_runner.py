@@ -957,3 +957,18 @@ def test_python_hooks_run_under_the_shebang_interpreter(
     """, lang="python")
     run_chain("after_vm_start", "<domain/>", config())
     assert (marks / "exe").read_text() == sys.executable
+
+
+def test_payload_replaced_by_a_fifo_is_rejected_without_blocking(
+    make_hook: MakeHook, config: Callable[..., RunnerConfig], seed_xml: str
+) -> None:
+    make_hook("before_vm_start", "50_fifo", 'rm "$_hook_domxml"; mkfifo "$_hook_domxml"')
+    result = run_chain("before_vm_start", seed_xml, config(), vm_id="x")
+    assert result.rejected == "output rejected: 50_fifo replaced the payload file with something that is not a regular file"
+    assert result.payload == seed_xml and result.aborts_operation
+
+
+def test_a_very_long_timeout_is_not_an_error(make_hook: MakeHook, config: Callable[..., RunnerConfig]) -> None:
+    make_hook("before_vm_destroy", "50_ok", "exit 0")
+    result = run_chain("before_vm_destroy", None, config(), vm_id="x", timeout=1e12)
+    assert [run.status for run in result.scripts] == [Status.OK]

@@ -66,8 +66,12 @@ def unsafe_reason(path: Path, trusted_uids: frozenset[int] | None = None) -> str
     try:
         st = os.stat(path)
         # The link's directory and, for a symlink, the target's: either lets
-        # its writers swap what runs.
-        directories = {path.parent, Path(os.path.realpath(path)).parent}
+        # its writers swap what runs. (stat follows links, so for a plain file
+        # path.parent is already its real directory: realpath, an lstat per
+        # path component, is only needed for a symlink.)
+        directories = {path.parent}
+        if os.path.islink(path):
+            directories.add(Path(os.path.realpath(path)).parent)
         parents = [(directory, os.stat(directory)) for directory in sorted(directories)]
     except OSError as exc:
         return f"cannot stat: {exc.strerror}"

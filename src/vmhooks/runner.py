@@ -11,9 +11,10 @@ import difflib
 import enum
 import json
 import os
-import selectors
+import select
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vmhooks import discovery, properties, validation
-from vmhooks.environment import build_environment
+from vmhooks.environment import build_environment, validated
 from vmhooks.errors import HookError
 from vmhooks.points import HookPoint, Payload, get_point
 
@@ -146,16 +147,16 @@ def run_chain(
     HookError where the point aborts its operation).
     """
     point = get_point(point_name)
-    base = os.environ if config.base_env is None else config.base_env
-    env = build_environment(base, params, custom, vm_id)
+    params, custom = validated(params, "param"), validated(custom, "custom property")
     warnings: tuple[str, ...] = ()
     if config.property_rules is not None:
         warnings = properties.check(custom, config.property_rules, "custom property")
-    if config.run_dir is not None:
-        env["_hook_rundir"] = str(config.run_dir)
     scripts = discovery.find_scripts(config.hooks_dir, point.name)
     if not scripts:
         return ChainResult(point, (), payload, _text(encode_payload(point, payload)), None, False, warnings)
+    env = build_environment(os.environ if config.base_env is None else config.base_env, params, custom, vm_id)
+    if config.run_dir is not None:
+        env["_hook_rundir"] = str(config.run_dir)
     input_bytes = encode_payload(point, payload)
     if not config.allow_unsafe:
         refused = _refuse_unsafe(scripts)
@@ -163,15 +164,24 @@ def run_chain(
             return ChainResult(point, refused, payload, _text(input_bytes), None, False, warnings)
 
     workdir = Path(tempfile.mkdtemp(prefix="vmhooks-", dir=config.work_dir))  # mode 0700
+    path = workdir / ("payload.json" if point.payload is Payload.JSON else "payload.xml")
+    devnull = -1
     try:
-        path = workdir / ("payload.json" if point.payload is Payload.JSON else "payload.xml")
+        # The scripts' stdout: one /dev/null for the chain, not an open and a close per script.
+        devnull = os.open(os.devnull, os.O_WRONLY)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(input_bytes)
         env["_hook_json" if point.payload is Payload.JSON else "_hook_domxml"] = str(path)
-        runs, output, rejected = _run_scripts(point, scripts, path, input_bytes, env, config, timeout)
+        runs, output, rejected = _run_scripts(point, scripts, path, input_bytes, env, config, timeout, devnull)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if devnull >= 0:
+            os.close(devnull)
+        try:  # two syscalls in the usual case; rmtree when a hook left files behind
+            os.unlink(path)
+            os.rmdir(workdir)
+        except OSError:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     edited = any(run.changed for run in runs)
     if not point.output_used or rejected is not None or not edited:
@@ -188,6 +198,7 @@ def _run_scripts(
     env: dict[str, str],
     config: RunnerConfig,
     timeout: float | None,
+    stdout: int = subprocess.DEVNULL,
 ) -> tuple[tuple[ScriptRun, ...], bytes, str | None]:
     runs: list[ScriptRun] = []
     rejected: str | None = None
@@ -196,7 +207,7 @@ def _run_scripts(
     for script in scripts:
         seconds = config.timeout_for(point.name, script.name, timeout)
         started = time.monotonic()
-        outcome = _execute(script.path, env, seconds, config)
+        outcome = _execute(script.path, env, seconds, config, stdout)
         duration = time.monotonic() - started
         after, read_problem = _read_payload(path)
         status, note = _classify(outcome, seconds)
@@ -257,14 +268,16 @@ class _Outcome(NamedTuple):
     exec_error: str = ""
 
 
-def _execute(path: Path, env: Mapping[str, str], seconds: float, config: RunnerConfig) -> _Outcome:
+def _execute(
+    path: Path, env: Mapping[str, str], seconds: float, config: RunnerConfig, stdout: int = subprocess.DEVNULL
+) -> _Outcome:
     """Spawn one script and wait for it: until it exits and its stderr closes,
     at most `seconds`, then at most `drain_timeout` more for pipes that its
     background children still hold."""
     try:
         proc = subprocess.Popen(
             [str(path)],
-            stdout=subprocess.DEVNULL,
+            stdout=stdout,
             stderr=subprocess.PIPE,
             env=env,
             start_new_session=True,  # its own process group, so a timeout kills it all
@@ -272,13 +285,17 @@ def _execute(path: Path, env: Mapping[str, str], seconds: float, config: RunnerC
     except OSError as exc:
         return _Outcome(None, False, "", f"cannot execute: {exc.strerror or exc}")
     assert proc.stderr is not None
+    stderr_fd = proc.stderr.fileno()
     stderr = _CappedBuffer(config.stderr_cap)
     deadline = time.monotonic() + seconds
     timed_out = False
-    with selectors.DefaultSelector() as selector, _ExitWatch(proc) as watch:
-        selector.register(proc.stderr, selectors.EVENT_READ, "stderr")
+    with _ExitWatch(proc) as watch:
+        # poll(2), not a selectors.DefaultSelector: no epoll instance to create,
+        # fill, empty and close for every script; one syscall per wait.
+        poller = select.poll()
+        poller.register(stderr_fd, select.POLLIN)
         if watch.fd is not None:
-            selector.register(watch.fd, selectors.EVENT_READ, "exit")
+            poller.register(watch.fd, select.POLLIN)
         stderr_open = True
         exited_at: float | None = None
         while True:
@@ -292,16 +309,17 @@ def _execute(path: Path, env: Mapping[str, str], seconds: float, config: RunnerC
                 break
             limit = (exited_at + config.drain_timeout) if exited_at is not None else deadline
             wait = limit - now if watch.fd is not None else min(limit - now, 0.05)
-            for key, _ in selector.select(max(wait, 0.0)):
-                if key.data == "exit":
-                    selector.unregister(watch.fd)
+            # poll() takes milliseconds in a C int: cap one wait, the loop goes on.
+            for fd, _ in poller.poll(min(max(wait, 0.0), 3600.0) * 1000.0):
+                if fd == watch.fd:
+                    poller.unregister(fd)
                     exited_at = time.monotonic()
                     continue
-                chunk = os.read(key.fd, 1 << 16)
+                chunk = os.read(fd, 1 << 16)
                 if chunk:
                     stderr.add(chunk)
                 else:
-                    selector.unregister(key.fileobj)
+                    poller.unregister(fd)
                     stderr_open = False
         if timed_out:
             _kill_group(proc, watch, config.kill_grace)
@@ -391,16 +409,41 @@ class _CappedBuffer:
 def _read_payload(path: Path) -> tuple[bytes, str]:
     """The payload file's bytes, and a problem ('' when none)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO put in its place must not block us at open.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return b"", "removed the payload file"
     except OSError as exc:
         return b"", f"left a payload file that cannot be read ({exc.strerror})"
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(MAX_PAYLOAD_BYTES + 1)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b"", "replaced the payload file with something that is not a regular file"
+        data = _read_capped(fd, MAX_PAYLOAD_BYTES + 1)
+    finally:
+        os.close(fd)
     if len(data) > MAX_PAYLOAD_BYTES:
         return data[:MAX_PAYLOAD_BYTES], f"wrote more than {MAX_PAYLOAD_BYTES >> 20} MiB"
     return data, ""
+
+
+def _read_capped(fd: int, limit: int) -> bytes:
+    """At most `limit` bytes of `fd`, up to its end.
+
+    Each read asks for what fstat says is left (+1, to meet the end in the same
+    call), never for `limit` itself: read(64 MiB) allocates 64 MiB every time."""
+    size = os.fstat(fd).st_size
+    parts: list[bytes] = []
+    total = 0
+    while total < limit:
+        want = min(max(size + 1 - total, 1 << 16), limit - total)
+        chunk = os.read(fd, want)
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+        if total == size and len(chunk) < want:  # short read where fstat put the end
+            break
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def encode_payload(point: HookPoint, payload: Any) -> bytes:

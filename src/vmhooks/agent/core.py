@@ -7,6 +7,7 @@ different VMs run in parallel in the callers' threads.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import threading
@@ -26,7 +27,7 @@ from vmhooks.agent import libvirtconn as lv
 from vmhooks.catalogue import RECORD_DIR_NAME
 from vmhooks.client import Client, client_tls_context
 from vmhooks.config import AgentSettings, port_range, split_address
-from vmhooks.errors import HookError, NoSuchVmError, UsageError, VmhooksError, WrongStateError
+from vmhooks.errors import HookError, LibvirtError, NoSuchVmError, UsageError, VmhooksError, WrongStateError
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain
 from vmhooks.store import Store, VmRecord
 
@@ -102,6 +103,7 @@ class Agent:
         self._registry_lock = threading.Lock()
         self._events = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vm-events")
         self._callback_id: int | None = None
+        self._base_env = dict(os.environ)  # one snapshot: copying os.environ per chain costs
         self._rules_cache: tuple[int | None, properties.PropertyRules | None] | None = None
         self._property_rules()  # a bad --properties spec fails the start, not the first VM
 
@@ -206,6 +208,7 @@ class Agent:
             allow_unsafe=settings.allow_unsafe_hooks,
             work_dir=self.tmp_dir,
             run_dir=settings.run_dir,
+            base_env=self._base_env,
             property_rules=self._property_rules(),
         )
 
@@ -454,7 +457,8 @@ class Agent:
                 if child.tag != "listen":
                     graphics.remove(child)
             graphics.set("passwd", password)
-            graphics.set("connected", existingConnAction)
+            if graphics.get("type") == "spice":  # VNC takes only connected='keep' (as VDSM: SPICE only)
+                graphics.set("connected", existingConnAction)
             if ttl is not None:
                 until = datetime.now(timezone.utc) + timedelta(seconds=int(ttl))
                 graphics.set("passwdValidTo", until.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -499,6 +503,8 @@ class Agent:
             device_xml = result.payload
             try:
                 lv.call(f"{name} on VM {vm.name}", getattr(domain, operation.libvirt_method), device_xml, LIVE)
+                if operation.libvirt_method == "detachDeviceFlags":
+                    _check_released(f"{name} on VM {vm.name}", domain, domxml.parse(device_xml, "device XML"))
             except Exception:
                 if operation.fail:
                     self._device_chain(name, operation.fail, device_xml, vm, props)
@@ -535,6 +541,8 @@ class Agent:
             vm = self._update(vm, status="migrating")
             try:
                 params = {libvirt.VIR_MIGRATE_PARAM_URI: offer["migrationUri"]}
+                if offer.get("listenAddress"):  # else the destination's QEMU listens on every address
+                    params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = offer["listenAddress"]
                 if offer["xml"] != xml:
                     params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = offer["xml"]  # honoured, unlike upstream
                 flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
@@ -603,6 +611,7 @@ class Agent:
                 "xml": result.payload,
                 "libvirtUri": self.settings.migration_libvirt_uri or self.settings.libvirt_uri,
                 "migrationUri": f"tcp://{address}",
+                "listenAddress": split_address(address)[0],  # where the port was found free
             }
 
     def migrationFinish(self, vmId: str, success: bool) -> dict[str, Any]:  # noqa: N802,N803
@@ -743,6 +752,16 @@ class Agent:
                         self._update(vm, status="up")
         except Exception:  # an event must never kill the worker
             log.exception("handling a libvirt event for VM %s", vm_id)
+
+
+def _check_released(what: str, domain: libvirt.virDomain, device: Any) -> None:
+    """libvirt returns from an unplug the guest has not acknowledged (a PCI
+    device with no guest OS to release it) with the device still attached:
+    that is no unplug, whatever libvirt's return says."""
+    live = domxml.parse_domain(lv.call(f"{what}: reading the live XML", domain.XMLDesc, 0))
+    if domxml.find_same_device(live, device) is not None:
+        name = ", ".join(sorted(domxml.device_keys(device)))
+        raise LibvirtError(f"{what}: the guest has not released <{device.tag}> {name}; the unplug stays pending")
 
 
 def _empty_directory(directory: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sys
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = settings_from(args)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every thread's stack
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -81,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
             "serving on %s%s (libvirt %s, hooks %s)", settings.socket_path,
             f" and {settings.listen} (TLS)" if settings.listen else "", settings.libvirt_uri, settings.hooks_dir,
         )  # fmt: skip
-        stop.wait()
+        # A signal may land on a thread that is not Python's main thread (libvirt's
+        # event loop): the handler then runs only when the main thread next runs
+        # Python code, so wake it up regularly rather than sleep for good.
+        while not stop.wait(0.5):
+            pass
         for server in servers:
             server.shutdown()
     finally:

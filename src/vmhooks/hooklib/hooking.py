@@ -6,12 +6,12 @@ with this directory appended to PYTHONPATH by the runner.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import tempfile
-from xml.dom import minidom
+
+# json, subprocess, tempfile and xml.dom.minidom are imported where they are
+# used: together they cost more than the interpreter's own start, and most
+# hooks use one or two functions of this module.
 
 __all__ = [
     "read_domxml", "write_domxml", "read_json", "write_json", "log", "exit_hook",
@@ -30,6 +30,8 @@ def _payload_path(variable):
 
 def read_domxml():
     """The domain (or device) XML this hook was handed, as a minidom Document."""
+    from xml.dom import minidom
+
     with open(_payload_path("_hook_domxml"), "rb") as handle:
         return minidom.parseString(handle.read().decode("utf-8"))
 
@@ -41,11 +43,15 @@ def write_domxml(domxml):
 
 
 def read_json():
+    import json
+
     with open(_payload_path("_hook_json"), "rb") as handle:
         return json.loads(handle.read().decode("utf-8"))
 
 
 def write_json(data):
+    import json
+
     with open(_payload_path("_hook_json"), "wb") as handle:
         handle.write(json.dumps(data).encode("utf-8"))
 
@@ -76,6 +82,8 @@ def tobool(value):
 
 def execCmd(argv, sudo=False, raw=False, data=None, env=None, cwd=None):  # noqa: N802 (VDSM's name)
     """Run `argv`; return (rc, out, err): lists of byte lines, or bytes when raw."""
+    import subprocess
+
     command = [str(arg) for arg in argv]
     if sudo and os.geteuid() != 0:
         command = ["sudo", "-n", *command]
@@ -118,6 +126,8 @@ def load_vm_launch_flags_from_file(vm_id):
 
 def dump_vm_launch_flags_to_file(vm_id, flags):
     """Set the libvirt start flags for this VM (before_vm_start only)."""
+    import tempfile
+
     path = _launch_flags_path(vm_id)
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
