@@ -2,11 +2,13 @@
 drop real hook scripts into it."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,43 @@ SEED_XML_PATH = Path(__file__).resolve().parent / "data" / "seed-domain.xml"
 PYTHON_SHEBANG = f"#!{sys.executable}"
 
 MakeHook = Callable[..., Path]
+NOBODY = 65534
+
+
+def as_nobody(function: Callable[[], Any]) -> Any:
+    """Run `function` in a forked child as uid/gid 65534; its JSON result.
+
+    Root reads any file whatever its mode, and never needs sudo: some
+    behaviour can only be seen as another user."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.write(write_end, json.dumps(function()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    data = b""
+    while chunk := os.read(read_end, 1 << 16):
+        data += chunk
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return json.loads(data)
+
+
+@pytest.fixture
+def marks(tmp_path: Path) -> Path:
+    """Where hooks leave evidence of what they saw."""
+    path = tmp_path / "marks"
+    path.mkdir()
+    return path
 
 
 @pytest.fixture

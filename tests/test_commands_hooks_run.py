@@ -28,12 +28,6 @@ def xml_file(tmp_path: Path, seed_xml: str) -> Path:
     return path
 
 
-@pytest.fixture
-def marks(tmp_path: Path) -> Path:
-    path = tmp_path / "marks"
-    path.mkdir()
-    return path
-
 
 @pytest.fixture
 def hooks_run(hooks_dir: Path, capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:

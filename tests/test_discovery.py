@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,7 +14,7 @@ from vmhooks.discovery import find_scripts, inventory, point_dir, unsafe_reason
 from vmhooks.errors import UnknownPointError
 
 POINT = "before_vm_start"
-NOBODY = 65534
+from conftest import NOBODY, as_nobody
 
 
 def names(hooks_dir: Path, point: str = POINT) -> list[str]:
@@ -25,33 +23,6 @@ def names(hooks_dir: Path, point: str = POINT) -> list[str]:
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def as_nobody(function: Callable[[], Any]) -> Any:
-    """Run `function` in a forked child as uid/gid 65534; its JSON result.
-
-    Root reads any file whatever its mode, so "unreadable" needs another user."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 1
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            os.write(write_end, json.dumps(function()).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    data = b""
-    while chunk := os.read(read_end, 1 << 16):
-        data += chunk
-    os.close(read_end)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    return json.loads(data)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from xml.dom import minidom
 import pytest
 
 import hooking as toplevel_hooking
+from conftest import as_nobody
 from vmhooks import hooking
 from vmhooks.runner import RunnerConfig, Status, run_chain
 
@@ -199,27 +200,11 @@ def test_execcmd_sudo_not_prefixed_when_root() -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another user")
 def test_execcmd_sudo_prefixed_when_not_root(tmp_path: Path) -> None:
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            rc, out, err = hooking.execCmd(["sh", "-c", "cat /proc/$PPID/comm"], sudo=True, raw=True)
-            os.write(write_end, json.dumps([rc, out.decode(), err.decode()]).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    data = b""
-    while chunk := os.read(read_end, 1 << 16):
-        data += chunk
-    os.close(read_end)
-    os.waitpid(pid, 0)
-    rc, out, err = json.loads(data)
+    def run() -> list[Any]:
+        rc, out, err = hooking.execCmd(["sh", "-c", "cat /proc/$PPID/comm"], sudo=True, raw=True)
+        return [rc, out.decode(), err.decode()]
+
+    rc, out, err = as_nobody(run)
     # Either sudo ran the command (its parent is sudo), or sudo refused or is
     # missing: in every case it was sudo that was asked to run it.
     assert out.strip() == "sudo" or (rc != 0 and "sudo" in err)

@@ -32,13 +32,6 @@ def work_dir(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def marks(tmp_path: Path) -> Path:
-    """Where hooks leave evidence of what they saw."""
-    path = tmp_path / "marks"
-    path.mkdir()
-    return path
-
 
 @pytest.fixture
 def config(hooks_dir: Path, work_dir: Path) -> Callable[..., RunnerConfig]:
