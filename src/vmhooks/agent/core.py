@@ -540,7 +540,7 @@ class Agent:
             )
             vm = self._update(vm, status="migrating")
             try:
-                params = {libvirt.VIR_MIGRATE_PARAM_URI: offer["migrationUri"]}
+                params = {libvirt.VIR_MIGRATE_PARAM_URI: _reachable_uri(offer["migrationUri"], dst)}
                 if offer.get("listenAddress"):  # else the destination's QEMU listens on every address
                     params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = offer["listenAddress"]
                 if offer["xml"] != xml:
@@ -752,6 +752,18 @@ class Agent:
                         self._update(vm, status="up")
         except Exception:  # an event must never kill the worker
             log.exception("handling a libvirt event for VM %s", vm_id)
+
+
+def _reachable_uri(uri: str, dst: str) -> str:
+    """A destination that listens for migrations on every address (0.0.0.0,
+    ::) gets the data where its agent was reached, not at 0.0.0.0 (which
+    would be this host itself)."""
+    scheme, _, address = uri.partition("://")
+    host, port = split_address(address, "migration URI")
+    if host not in ("0.0.0.0", "::"):
+        return uri
+    peer = split_address(dst, "dst")[0]
+    return f"{scheme}://[{peer}]:{port}" if ":" in peer else f"{scheme}://{peer}:{port}"
 
 
 def _check_released(what: str, domain: libvirt.virDomain, device: Any) -> None:

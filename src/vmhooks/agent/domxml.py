@@ -81,6 +81,15 @@ def find_device(root: ET.Element, key: str) -> ET.Element | None:
     return None
 
 
+def find_same_device(root: ET.Element, device: ET.Element) -> ET.Element | None:
+    """The device of `root` that `device` names: same element, a shared alias, MAC or target dev."""
+    devices = root.find("devices")
+    keys = device_keys(device)
+    if devices is None or not keys:
+        return None
+    return next((found for found in devices if found.tag == device.tag and device_keys(found) & keys), None)
+
+
 def replace_device(root: ET.Element, old: ET.Element, new: ET.Element) -> None:
     devices = root.find("devices")
     assert devices is not None
