@@ -85,6 +85,10 @@ RUNNING = frozenset({"up", "paused"})
 
 
 class Agent:
+    # Seconds a destination waits for the source's migrationFinish after
+    # libvirt reports the VM running here, before adopting it on its own.
+    migration_finish_grace = 30.0
+
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.state_dir = settings.state_dir
@@ -274,7 +278,7 @@ class Agent:
         launchPaused: bool = False,  # noqa: N803
     ) -> dict[str, Any]:
         root = domxml.parse_domain(xml)
-        had_uuid = root.find("uuid") is not None
+        rewritten = root.find("uuid") is None
         vm_id = domxml.ensure_uuid(root, vmId)
         _, name = domxml.identity(root)
         if not name:
@@ -296,7 +300,7 @@ class Agent:
                 raise WrongStateError(f"libvirt already runs a domain with uuid {vm_id}")
             vm = self._update(VmRecord(vm_id, name, "starting", xml, vm_custom, device_custom))
             try:
-                domain = self._start(vm, root, xml if had_uuid and not device_custom else None, launchPaused)
+                domain = self._start(vm, root, None if rewritten or device_custom else xml, launchPaused)
             except BaseException:
                 self._forget(vm_id)
                 self._clear_launch_flags(vm_id)
@@ -323,14 +327,18 @@ class Agent:
         result = self._vm_chain("create", "before_vm_start", xml or domxml.to_string(root), vm)
         flags = self._read_launch_flags(vm.vm_id)
         self._clear_launch_flags(vm.vm_id)
+        final = result.payload
+        started_root = domxml.parse_domain(final)
+        if domxml.lock_graphics(started_root):  # after the hooks: they see the XML as sent
+            final = domxml.to_string(started_root)
         paused = libvirt.VIR_DOMAIN_START_PAUSED
         if flags & paused and self._conn.getType().upper() == "TEST":
             # The test driver has no START_PAUSED; with no guest to run, starting
             # and pausing at once is the same thing.
-            domain = lv.call(f"starting VM {vm.name}", self._conn.createXML, result.payload, flags & ~paused)
+            domain = lv.call(f"starting VM {vm.name}", self._conn.createXML, final, flags & ~paused)
             lv.call(f"pausing VM {vm.name} at start", domain.suspend)
             return domain
-        return lv.call(f"starting VM {vm.name}", self._conn.createXML, result.payload, flags)
+        return lv.call(f"starting VM {vm.name}", self._conn.createXML, final, flags)
 
     def destroy(self, vmId: str) -> dict[str, Any]:  # noqa: N803
         with self._vm(vmId) as vm:
@@ -616,18 +624,36 @@ class Agent:
 
     def migrationFinish(self, vmId: str, success: bool) -> dict[str, Any]:  # noqa: N802,N803
         """Destination side, after libvirt: adopt the VM and run the after hooks."""
-        with self._vm(vmId, frozenset({"incoming"})) as vm:
+        with self._vm(vmId, frozenset({"incoming"}) | RUNNING) as vm:
+            if vm.status in RUNNING:
+                return self._summary(vm)  # already adopted when libvirt said it arrived
             domain = lv.lookup(self._conn, vm.vm_id)
             if not success or not lv.is_active(domain):
                 self._forget(vm.vm_id)
                 return {"vmId": vm.vm_id, "name": vm.name, "status": "down"}
             assert domain is not None
-            live = domain.XMLDesc(0)
-            vm = self._update(vm, status=lv.status_of(domain), xml=live)
-            for props, device_xml in self._custom_devices(vm):
-                self._device_chain("migrationFinish", "after_device_migrate_destination", device_xml, vm, props)
-            self._vm_chain("migrationFinish", "after_vm_migrate_destination", live, vm)
-            return self._summary(vm)
+            return self._summary(self._adopt(vm, domain, "migrationFinish"))
+
+    def _adopt(self, vm: VmRecord, domain: libvirt.virDomain, operation: str) -> VmRecord:
+        live = domain.XMLDesc(0)
+        vm = self._update(vm, status=lv.status_of(domain), xml=live)
+        for props, device_xml in self._custom_devices(vm):
+            self._device_chain(operation, "after_device_migrate_destination", device_xml, vm, props)
+        self._vm_chain(operation, "after_vm_migrate_destination", live, vm)
+        return vm
+
+    def _adopt_if_still_incoming(self, vm_id: str) -> None:
+        """The source never said how its migration ended (it died, or the
+        network did): libvirt says the VM arrived, so take it over."""
+        try:
+            with self._lock_for(vm_id):
+                vm = self._vms.get(vm_id)
+                domain = lv.lookup(self._conn, vm_id) if vm is not None and vm.status == "incoming" else None
+                if vm is not None and domain is not None and lv.is_active(domain):
+                    log.warning("VM %s: migrated in, but the source never finished it: adopting it", vm_id)
+                    self._adopt(vm, domain, "event")
+        except Exception:
+            log.exception("adopting incoming VM %s", vm_id)
 
     def _migration_address(self) -> str:
         """HOST:PORT where this host's QEMU will listen for the incoming VM."""
@@ -671,7 +697,7 @@ class Agent:
     def getHostStats(self) -> dict[str, Any]:  # noqa: N802
         self._host_chain("getStats", "before_get_stats", {})
         model, memory_mib, cpus, mhz, *_ = lv.call("reading host info", self._conn.getInfo)
-        statuses = [vm.status for vm in self._vms.values()]
+        statuses = [vm.status for vm in list(self._vms.values())]  # a snapshot: others add and remove
         stats = {
             "cpuModel": model,
             "cpuCount": cpus,
@@ -735,6 +761,12 @@ class Agent:
         try:
             with self._lock_for(vm_id):
                 vm = self._vms.get(vm_id)
+                if vm is not None and vm.status == "incoming" and event == libvirt.VIR_DOMAIN_EVENT_RESUMED:
+                    # The source normally calls migrationFinish at once; wait for
+                    # it a while, then adopt the VM ourselves.
+                    timer = threading.Timer(self.migration_finish_grace, self._adopt_if_still_incoming, (vm_id,))
+                    timer.daemon = True
+                    timer.start()
                 if vm is None or vm.status not in RUNNING:
                     return
                 domain = lv.lookup(self._conn, vm_id)

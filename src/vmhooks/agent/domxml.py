@@ -2,6 +2,7 @@
 replacing the devices that carry custom properties."""
 from __future__ import annotations
 
+import secrets
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 
@@ -96,3 +97,20 @@ def replace_device(root: ET.Element, old: ET.Element, new: ET.Element) -> None:
     index = list(devices).index(old)
     new.tail = old.tail
     devices[index] = new
+
+
+EXPIRED = "1970-01-01T00:00:01"
+
+
+def lock_graphics(root: ET.Element) -> bool:
+    """Give every VNC/SPICE display without a password a random, already
+    expired one (as VDSM does): nobody can connect until VM.setTicket, and
+    QEMU only accepts a ticket for a display that started with a password.
+    True when the XML changed."""
+    changed = False
+    for graphics in root.findall("devices/graphics"):
+        if graphics.get("type") in ("vnc", "spice") and graphics.get("passwd") is None:
+            graphics.set("passwd", secrets.token_urlsafe(6)[:8])  # VNC uses 8 characters at most
+            graphics.set("passwdValidTo", EXPIRED)
+            changed = True
+    return changed
