@@ -58,9 +58,10 @@ class DeviceOperation(NamedTuple):
     tag: str | None  # the device element it takes (None: any)
     before: str
     after: str
-    fail: str | None  # runs when libvirt fails (update: also when before fails)
+    fail: str | None  # runs when libvirt fails
     libvirt_method: str
     remember: bool | None  # True: keep the device's properties; False: forget them
+    fail_on_refusal: bool = False  # `fail` also runs when the before chain refuses
 
 
 DEVICE_OPERATIONS: dict[str, DeviceOperation] = {
@@ -76,7 +77,7 @@ DEVICE_OPERATIONS: dict[str, DeviceOperation] = {
         "disk", "before_disk_hotunplug", "after_disk_hotunplug", None, "detachDeviceFlags", False),
     "updateDevice": DeviceOperation(
         None, "before_update_device", "after_update_device", "after_update_device_fail",
-        "updateDeviceFlags", True),
+        "updateDeviceFlags", True, fail_on_refusal=True),
     "hotplugMemory": DeviceOperation(
         "memory", "before_memory_hotplug", "after_memory_hotplug", None, "attachDeviceFlags", None),
 }  # fmt: skip
@@ -331,11 +332,11 @@ class Agent:
         started_root = domxml.parse_domain(final)
         if domxml.lock_graphics(started_root):  # after the hooks: they see the XML as sent
             final = domxml.to_string(started_root)
-        paused = libvirt.VIR_DOMAIN_START_PAUSED
-        if flags & paused and self._conn.getType().upper() == "TEST":
+        start_paused = libvirt.VIR_DOMAIN_START_PAUSED
+        if flags & start_paused and self._conn.getType().upper() == "TEST":
             # The test driver has no START_PAUSED; with no guest to run, starting
             # and pausing at once is the same thing.
-            domain = lv.call(f"starting VM {vm.name}", self._conn.createXML, final, flags & ~paused)
+            domain = lv.call(f"starting VM {vm.name}", self._conn.createXML, final, flags & ~start_paused)
             lv.call(f"pausing VM {vm.name} at start", domain.suspend)
             return domain
         return lv.call(f"starting VM {vm.name}", self._conn.createXML, final, flags)
@@ -505,7 +506,7 @@ class Agent:
             try:
                 result = self._device_chain(name, operation.before, xml, vm, props)
             except HookError:
-                if name == "updateDevice" and operation.fail:
+                if operation.fail and operation.fail_on_refusal:
                     self._device_chain(name, operation.fail, xml, vm, props)
                 raise
             device_xml = result.payload
