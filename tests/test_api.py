@@ -158,7 +158,7 @@ def test_failing_before_vm_start_creates_nothing(agent, make_hook):
         agent.call("VM.create", xml=domain_xml("refused", vm_id))
     assert "50_refuse failed (exit 1): no licence" in str(error.value)
     assert agent.call("VM.list") == []
-    assert list((agent.state_dir / "tmp").iterdir()) == []
+    assert list((agent.run_dir / "payloads").iterdir()) == []
     assert list((agent.run_dir / "launch-flags").iterdir()) == []
 
 
@@ -416,15 +416,15 @@ def test_crash_mid_operation_leaves_no_temp_files_after_restart(tmp_path, hooks_
     caller = threading.Thread(target=lambda: pytest.raises(Exception, new_vm, first))
     caller.start()
     deadline = time.monotonic() + 10
-    while not list((first.state_dir / "tmp").iterdir()) and time.monotonic() < deadline:
+    while not list((first.run_dir / "payloads").iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert list((first.state_dir / "tmp").iterdir()), "the hook never started"
+    assert list((first.run_dir / "payloads").iterdir()), "the hook never started"
     first.stop(signal_kill := 9)
     caller.join()
     assert signal_kill == 9
     second = AgentProcess(tmp_path / "agent", hooks_dir, "test:///default", "--hook-timeout", "5").start()
     try:
-        assert list((second.state_dir / "tmp").iterdir()) == []
+        assert list((second.run_dir / "payloads").iterdir()) == []
         assert second.call("VM.list") == []
     finally:
         second.stop()

@@ -93,9 +93,11 @@ class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.state_dir = settings.state_dir
-        self.tmp_dir = self.state_dir / "tmp"
+        # Hook payloads live under the run dir: tmpfs on a real host (/run),
+        # so a chain's private directory costs no disk I/O.
+        self.payload_dir = settings.run_dir / "payloads"
         self.flags_dir = settings.run_dir / "launch-flags"
-        for directory in (self.state_dir, self.tmp_dir, settings.run_dir, self.flags_dir):
+        for directory in (self.state_dir, settings.run_dir, self.payload_dir, self.flags_dir):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         # libvirtd writes the images: a session daemon as another user needs a
         # directory of its own, so it can be set apart from the private state.
@@ -116,7 +118,7 @@ class Agent:
 
     def start(self) -> None:
         """Clean up after a crash, run before_vdsm_start, connect, re-attach."""
-        _empty_directory(self.tmp_dir)  # payload dirs of a run that crashed
+        _empty_directory(self.payload_dir)  # payload dirs of a run that crashed
         _empty_directory(self.flags_dir)
         self._host_chain("start", "before_vdsm_start", None)
         self.conn = lv.open_connection(self.settings.libvirt_uri)
@@ -211,7 +213,7 @@ class Agent:
             timeout=settings.hook_timeout,
             timeouts=settings.hook_timeouts,
             allow_unsafe=settings.allow_unsafe_hooks,
-            work_dir=self.tmp_dir,
+            work_dir=self.payload_dir,
             run_dir=settings.run_dir,
             base_env=self._base_env,
             property_rules=self._property_rules(),

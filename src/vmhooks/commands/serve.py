@@ -26,7 +26,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--hooks-dir", type=Path, help="hooks root (default: $VMHOOKS_HOOKS_DIR or /usr/libexec/vdsm/hooks)")
     parser.add_argument("--state-dir", type=Path, help="SQLite state, history, hibernation images (default: /var/lib/vmhooks)")
     parser.add_argument("--save-dir", type=Path, help="hibernation images, written by libvirtd (default: <state-dir>/hibernation)")
-    parser.add_argument("--run-dir", type=Path, help="socket and launch flags (default: /run/vmhooks)")
+    parser.add_argument("--run-dir", type=Path, help="socket, launch flags and hook payloads, best on tmpfs (default: /run/vmhooks)")
     parser.add_argument("--socket", type=Path, help="the API socket (default: <run-dir>/vmhooks.sock)")
     parser.add_argument("--socket-group", help="also let this group use the socket (mode 0660)")
     parser.add_argument("--hook-timeout", type=float, metavar="S", help="seconds per hook script (default: 60)")
