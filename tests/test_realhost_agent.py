@@ -810,3 +810,32 @@ def test_agents_talk_to_each_other_with_mutual_tls_only(
             plain.request("POST", "/rpc", b'{"jsonrpc": "2.0", "method": "VM.list", "id": 1}')
             plain.getresponse().read()
     assert call(tls.client_context(peer)) == []
+
+
+@pytest.mark.realhost
+def test_a_restarted_agent_reattaches_to_running_vms(one_agent: RealAgent, tmp_path: Path) -> None:
+    agent = one_agent
+    log = tmp_path / "trace.log"
+    trace_hooks(agent.hooks, ["before_vm_start", "after_vm_destroy"], log)
+    running, _ = create(agent, domain_xml())
+    paused, _ = create(agent, domain_xml())
+    agent.call("VM.pause", vmId=paused)
+    vanished, vanished_name = create(agent, domain_xml())
+    assert agent.process.stop() == 0
+    # While the agent is away: one VM's QEMU dies.
+    pid = agent.host.qemu_pid(vanished_name)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: agent.domain(vanished) is None, 20, what="libvirt to notice the dead QEMU")
+
+    agent.process.start(timeout=30)
+    statuses = {vm["vmId"]: vm["status"] for vm in agent.call("VM.list")}
+    assert statuses == {running: "up", paused: "paused"}
+    assert traced(log, vanished) == ["before_vm_start", "after_vm_destroy"]
+    assert agent.points(vanished)[-1] == ("after_vm_destroy", "recover")
+    assert agent.points(running) == [("before_vm_start", "create")]  # history kept across the restart
+    # The re-attached VMs are fully managed again.
+    assert agent.call("VM.cont", vmId=paused)["status"] == "up"
+    for vm_id in (running, paused):
+        agent.call("VM.destroy", vmId=vm_id)
+    assert traced(log, running)[-1] == "after_vm_destroy"
