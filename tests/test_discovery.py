@@ -166,7 +166,7 @@ def test_foreign_owner_is_unsafe(make_hook: Callable[..., Path]) -> None:
 def test_trusted_uids_can_be_given(make_hook: Callable[..., Path]) -> None:
     path = make_hook(POINT, "10_foreign", "exit 0\n")
     os.chown(path, NOBODY, -1)
-    assert unsafe_reason(path, frozenset({NOBODY})) is None
+    assert unsafe_reason(path, frozenset({NOBODY, 0})) is None  # root still owns the directories
     os.chown(path, 0, -1)
     assert "owned by uid 0" in (unsafe_reason(path, frozenset({NOBODY})) or "")
 
@@ -175,7 +175,7 @@ def test_writable_directory_is_unsafe(make_hook: Callable[..., Path], hooks_dir:
     path = make_hook(POINT, "10_ok", "exit 0\n")
     os.chmod(hooks_dir / POINT, 0o777)
     reason = unsafe_reason(path)
-    assert reason is not None and "directory is writable" in reason
+    assert reason == f"directory {hooks_dir / POINT} is writable by group or others (mode 0777)"
     os.chmod(hooks_dir / POINT, 0o1777)  # sticky: others cannot swap our file
     assert unsafe_reason(path) is None
 
@@ -268,3 +268,37 @@ def test_inventory_skips_point_dirs_it_cannot_list(public_hooks_dir: Path) -> No
         os.chmod(script, 0o755)
     found = as_nobody(lambda: inventory(public_hooks_dir))
     assert list(found) == ["after_vm_start"]
+
+
+def test_directory_owned_by_someone_else_is_unsafe(make_hook: Callable[..., Path], hooks_dir: Path) -> None:
+    # A 0755 directory its owner can still rename entries in: the owner could
+    # swap a root-owned script between the check and the exec.
+    path = make_hook(POINT, "10_ok", "exit 0\n")
+    os.chown(hooks_dir / POINT, NOBODY, -1)
+    assert unsafe_reason(path) == f"directory {hooks_dir / POINT} is owned by uid {NOBODY}, not root or the agent's user"
+    os.chown(hooks_dir / POINT, 0, -1)
+    os.chown(hooks_dir, NOBODY, -1)  # an ancestor counts as much
+    assert unsafe_reason(path) == f"directory {hooks_dir} is owned by uid {NOBODY}, not root or the agent's user"
+
+
+def test_symlink_target_directory_counts(make_hook: Callable[..., Path], hooks_dir: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    target = elsewhere / "real"
+    target.write_text("#!/bin/sh\nexit 0\n")
+    target.chmod(0o755)
+    (hooks_dir / POINT).mkdir(mode=0o755, exist_ok=True)
+    link = hooks_dir / POINT / "10_link"
+    link.symlink_to(target)
+    assert unsafe_reason(link) is None
+    os.chmod(elsewhere, 0o777)
+    assert unsafe_reason(link) == f"directory {elsewhere} is writable by group or others (mode 0777)"
+
+
+def test_inventory_skips_names_no_point_can_have(make_hook: Callable[..., Path], hooks_dir: Path) -> None:
+    make_hook(POINT, "10_ok", "exit 0\n")
+    odd = hooks_dir / "a..b"
+    odd.mkdir()
+    (odd / "x").write_text("#!/bin/sh\n")
+    (odd / "x").chmod(0o755)
+    assert list(inventory(hooks_dir)) == [POINT]

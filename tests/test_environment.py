@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from vmhooks.environment import HOOKLIB_DIR, build_environment
+from vmhooks.environment import HOOKLIB_DIR, build_environment, validated
 from vmhooks.errors import InvalidEnvironmentError, UsageError
 
 BAD_NAMES = [
@@ -101,3 +101,17 @@ def test_hooklib_dir_holds_both_import_paths() -> None:
     assert (HOOKLIB_DIR / "vdsm" / "__init__.py").is_file()
     assert (HOOKLIB_DIR / "vdsm" / "hook" / "__init__.py").is_file()
     assert (HOOKLIB_DIR / "vdsm" / "hook" / "hooking.py").is_file()
+
+
+@pytest.mark.parametrize("name", ["ZDOTDIR", "JAVA_TOOL_OPTIONS", "GIT_SSH_COMMAND", "BASH_XTRACEFD", "https_proxy", "LUA_INIT_5_4"])
+def test_more_interpreter_variables_are_reserved(name: str) -> None:
+    with pytest.raises(InvalidEnvironmentError, match="is reserved"):
+        validated({name: "x"}, "custom property")
+
+
+def test_values_are_bounded_so_exec_never_fails_with_e2big() -> None:
+    assert validated({"a": "x" * (32 << 10)}, "custom property")["a"] == "x" * (32 << 10)
+    with pytest.raises(InvalidEnvironmentError, match="'a' has a value over 32 KiB"):
+        validated({"a": "é" * (20 << 10)}, "custom property")  # 40 KiB in UTF-8
+    with pytest.raises(InvalidEnvironmentError, match="values take more than 256 KiB together"):
+        validated({f"p{i}": "x" * (30 << 10) for i in range(10)}, "custom property")

@@ -909,7 +909,9 @@ def test_writable_point_directory_refused(
     os.chmod(hooks_dir / "before_vm_start", 0o777)
     result = run_chain("before_vm_start", "<domain/>", config())
     assert result.scripts[0].status is Status.REFUSED
-    assert "directory is writable" in result.scripts[0].note
+    assert result.scripts[0].note == (
+        f"refused: directory {hooks_dir / 'before_vm_start'} is writable by group or others (mode 0777)"
+    )
     assert not (marks / "10_safe").exists()
 
 

@@ -55,34 +55,51 @@ def find_scripts(hooks_dir: Path, point: str) -> list[Script]:
     return scripts
 
 
-def unsafe_reason(path: Path, trusted_uids: frozenset[int] | None = None) -> str | None:
+def unsafe_reason(
+    path: Path, trusted_uids: frozenset[int] | None = None, seen: dict[Path, str | None] | None = None
+) -> str | None:
     """Why running `path` would let someone else run code as us, or None.
 
-    Anyone who can write the script (or swap it through its directory) can
-    run code as the agent, so such scripts are refused.
+    Anyone who can write the script, or rename it or any directory above it
+    (up to /, and above a symlink's target too), can run code as the agent,
+    so such scripts are refused. `seen` caches directory verdicts across the
+    scripts of one chain.
     """
     if trusted_uids is None:
         trusted_uids = frozenset({0, os.geteuid()})
+    if seen is None:
+        seen = {}
     try:
         st = os.stat(path)
-        # The link's directory and, for a symlink, the target's: either lets
-        # its writers swap what runs. (stat follows links, so for a plain file
-        # path.parent is already its real directory: realpath, an lstat per
-        # path component, is only needed for a symlink.)
-        directories = {path.parent}
-        if os.path.islink(path):
-            directories.add(Path(os.path.realpath(path)).parent)
-        parents = [(directory, os.stat(directory)) for directory in sorted(directories)]
+        directories = [path.parent]
+        if os.path.islink(path):  # stat followed it: its target's directories count too
+            directories.append(Path(os.path.realpath(path)).parent)
     except OSError as exc:
         return f"cannot stat: {exc.strerror}"
     if st.st_uid not in trusted_uids:
         return f"owned by uid {st.st_uid}, not root or the agent's user"
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    for directory, parent in parents:
-        if parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not parent.st_mode & stat.S_ISVTX:
-            which = "its directory" if directory == path.parent else f"its target's directory {directory}"
-            return f"{which} is writable by group or others (mode {stat.S_IMODE(parent.st_mode):04o})"
+    for directory in directories:
+        if directory not in seen:
+            seen[directory] = _directory_reason(directory, trusted_uids)
+        if seen[directory]:
+            return seen[directory]
+    return None
+
+
+def _directory_reason(directory: Path, trusted_uids: frozenset[int]) -> str | None:
+    """Why someone untrusted could swap what `directory` holds, or None."""
+    try:
+        real = Path(os.path.realpath(directory))
+        for ancestor in (real, *real.parents):
+            st = os.stat(ancestor)
+            if st.st_uid not in trusted_uids:
+                return f"directory {ancestor} is owned by uid {st.st_uid}, not root or the agent's user"
+            if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+                return f"directory {ancestor} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    except OSError as exc:
+        return f"cannot stat directory {directory}: {exc.strerror}"
     return None
 
 
@@ -110,7 +127,7 @@ def inventory(hooks_dir: Path) -> dict[str, dict[str, dict[str, str]]]:
             continue
         try:
             scripts = find_scripts(hooks_dir, point)
-        except OSError:  # a directory we cannot list has no scripts we could run
+        except (OSError, UnknownPointError):  # unlistable, or a name we never run (`a..b`)
             continue
         if scripts:
             result[point] = {s.name: {"checksum": file_sha256(s.path)} for s in scripts}

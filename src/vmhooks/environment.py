@@ -19,11 +19,21 @@ RESERVED_NAMES = frozenset(
         "CDPATH", "PS4", "SHELLOPTS", "BASHOPTS", "GLOBIGNORE", "TMPDIR",
         "PERL5LIB", "PERL5OPT", "PERLLIB", "RUBYLIB", "RUBYOPT",
         "NODE_OPTIONS", "NODE_PATH", "GCONV_PATH", "LOCPATH", "NLSPATH",
-        "HOSTALIASES", "OPENSSL_CONF", "SSL_CERT_FILE",
+        "HOSTALIASES", "OPENSSL_CONF", "SSL_CERT_FILE", "SSL_CERT_DIR",
+        "ZDOTDIR", "LUA_INIT", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "GEM_PATH", "GEM_HOME",
+        "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "CURL_HOME", "XDG_CONFIG_HOME",
+        "RES_OPTIONS", "LOCALDOMAIN", "http_proxy", "https_proxy", "HTTP_PROXY",
+        "HTTPS_PROXY", "ALL_PROXY", "all_proxy", "no_proxy", "NO_PROXY",
     }
 )  # fmt: skip
 # VMHOOKS_*: the agent's settings for hooks (e.g. where nestedvt reads sysfs).
-RESERVED_PREFIXES = ("LD_", "PYTHON", "_hook_", "BASH_FUNC_", "MALLOC_", "GLIBC_", "VMHOOKS_")
+RESERVED_PREFIXES = (
+    "LD_", "PYTHON", "_hook_", "BASH", "MALLOC_", "GLIBC_", "VMHOOKS_", "GIT_", "LUA_",
+)  # fmt: skip
+# Linux refuses an exec whose single environment string exceeds 128 KiB, and
+# the whole argument + environment area is bounded too: refuse early, whole.
+MAX_VALUE_BYTES = 32 << 10
+MAX_TOTAL_BYTES = 256 << 10
 
 # The directory whose `hooking.py` (and `vdsm/hook/hooking.py`) hooks import.
 HOOKLIB_DIR = Path(__file__).resolve().parent / "hooklib"
@@ -53,6 +63,8 @@ def as_env_value(value: object, name: str, origin: str) -> str:
         text = str(value)
     if "\0" in text:
         raise InvalidEnvironmentError(f"{origin} {name!r} has a NUL byte in its value")
+    if len(text) > MAX_VALUE_BYTES // 4 and len(text.encode("utf-8", "surrogateescape")) > MAX_VALUE_BYTES:
+        raise InvalidEnvironmentError(f"{origin} {name!r} has a value over {MAX_VALUE_BYTES >> 10} KiB")
     return text
 
 
@@ -60,11 +72,15 @@ def validated(values: Mapping[str, object] | None, origin: str) -> dict[str, str
     if not values:
         return {}
     if not isinstance(values, Mapping):
-        raise InvalidEnvironmentError(f"{origin}s must be a mapping of name to value")
+        raise InvalidEnvironmentError(f"{origin} values must come as a mapping of name to value")
     checked = {}
+    total = 0
     for name, value in values.items():
         check_name(name, origin)
-        checked[name] = as_env_value(value, name, origin)
+        checked[name] = text = as_env_value(value, name, origin)
+        total += len(name) + len(text) + 2
+    if total > MAX_TOTAL_BYTES // 4 and sum(len(f"{n}={v}".encode()) + 1 for n, v in checked.items()) > MAX_TOTAL_BYTES:
+        raise InvalidEnvironmentError(f"{origin} values take more than {MAX_TOTAL_BYTES >> 10} KiB together")
     return checked
 
 

@@ -232,8 +232,9 @@ def _run_scripts(
 
 def _refuse_unsafe(scripts: list[discovery.Script]) -> tuple[ScriptRun, ...]:
     refused = []
+    seen: dict[Path, str | None] = {}  # the scripts share their directories
     for script in scripts:
-        reason = discovery.unsafe_reason(script.path)
+        reason = discovery.unsafe_reason(script.path, seen=seen)
         if reason:
             note = f"refused: {reason}"
             refused.append(ScriptRun(script.name, Status.REFUSED, None, 0.0, "", False, "", note))
