@@ -449,3 +449,22 @@ def test_property_values_checked_against_installed_hooks_and_admin_rules(tmp_pat
         assert history[-1]["warnings"] == ["custom property 'other' is declared by no installed hook or admin rule"]
     finally:
         agent.stop()
+
+
+def test_batches_nesting_and_notifications(agent):
+    status, reply = _raw_post(agent, json.dumps([{"jsonrpc": "2.0", "method": "VM.list", "id": i} for i in range(101)]).encode())
+    assert reply["error"]["code"] == -32600 and "exceeds 100" in reply["error"]["message"]
+    status, reply = _raw_post(agent, b"[" * 100_000 + b"]" * 100_000)
+    assert reply["error"]["code"] == -32700 and "nested too deeply" in reply["error"]["message"]
+    # A notification (no id) gets no answer, not even for an error.
+    status, reply = _raw_post(agent, b'{"jsonrpc": "2.0", "method": "VM.pause", "params": {"vmId": "x"}}')
+    assert status == 204 and reply == {}
+    status, reply = _raw_post(agent, b'{"jsonrpc": "2.0", "method": "VM.list", "id": 1}', {"Content-Length": "\u00b2"})
+    assert status == 411
+    assert agent.call("VM.list") == []
+
+
+def test_host_get_hooks_is_the_inventory(agent):
+    hooks = agent.call("Host.getHooks")
+    assert set(hooks) == set(ALL_POINTS)
+    assert all(set(scripts) == {"05_trace"} for scripts in hooks.values())

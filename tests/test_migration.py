@@ -116,27 +116,39 @@ def test_peer_port_requires_mutual_tls(hosts, tls):
     _source, destination, _log = hosts
     client = tls.authority.issue(tls.directory, "peer", "peer", client=True)
     good = Client(address=destination.address, tls=tls.client_context(client))
-    assert good.call("VM.list") == []
+
+    def answers(peer: Client) -> int:
+        """The JSON-RPC error code the agent answers a peer with (it knows no such VM)."""
+        with pytest.raises(RpcError) as answer:
+            peer.call("VM.migrationFinish", vmId=str(uuid.uuid4()), success=False)
+        return answer.value.code
+
+    assert answers(good) == 2
+    # Peers get the migration handshake and nothing else.
+    with pytest.raises(RpcError) as refused:
+        good.call("VM.create", xml=domain_xml("intruder", str(uuid.uuid4())))
+    assert refused.value.code == -32601
+    assert destination.agent.call("VM.list") == []
     # A client certificate from another CA.
     stranger = Client(address=destination.address, tls=tls.client_context(tls.other_client))
     with pytest.raises(AgentUnreachable):
-        stranger.call("VM.list")
+        answers(stranger)
     # No client certificate at all.
     context = ssl.create_default_context(cafile=str(tls.ca))
     bare = Client(address=destination.address, tls=context)
     with pytest.raises(AgentUnreachable):
-        bare.call("VM.list")
+        answers(bare)
     # A server certificate from another CA is refused by the client.
     wrong_ca = Client(address=destination.address, tls=tls.client_context(client, ca=tls.other_ca))
     with pytest.raises(AgentUnreachable, match="TLS"):
-        wrong_ca.call("VM.list")
+        answers(wrong_ca)
     # Plain HTTP gets nothing.
     plain = http.client.HTTPConnection("127.0.0.1", destination.port, timeout=10)
     with pytest.raises((http.client.HTTPException, ConnectionError, socket.timeout)):
         plain.request("POST", "/rpc", b'{"jsonrpc": "2.0", "method": "VM.list", "id": 1}')
         plain.getresponse().read()
     # And the agent still serves.
-    assert good.call("VM.list") == []
+    assert answers(good) == 2
 
 
 def test_listen_without_tls_is_refused(tmp_path, hooks_dir):

@@ -23,6 +23,7 @@ import subprocess
 import textwrap
 import threading
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -792,11 +793,15 @@ def test_agents_talk_to_each_other_with_mutual_tls_only(
 
     peer = tls.authority.issue(tls.directory, "peer", "peer", client=True)
 
-    def call(context: ssl.SSLContext) -> Any:
-        with inside():
-            return Client(address=destination.address, tls=context, timeout=10).call("VM.list")
+    def call(context: ssl.SSLContext, method: str = "VM.migrationFinish") -> int:
+        """The JSON-RPC error code the agent answers (it knows no such VM)."""
+        with inside(), pytest.raises(RpcError) as answer:
+            Client(address=destination.address, tls=context, timeout=10).call(
+                method, **({"vmId": str(uuid.uuid4()), "success": False} if method != "VM.list" else {}))
+        return answer.value.code
 
-    assert call(tls.client_context(peer)) == []
+    assert call(tls.client_context(peer)) == 2  # answered: no such VM
+    assert call(tls.client_context(peer), "VM.list") == -32601  # peers get the migration calls only
     with pytest.raises(AgentUnreachable):  # no certificate
         call(ssl.create_default_context(cafile=str(tls.ca)))
     with pytest.raises(AgentUnreachable):  # a certificate from another CA
@@ -809,7 +814,7 @@ def test_agents_talk_to_each_other_with_mutual_tls_only(
         with pytest.raises((http.client.HTTPException, ConnectionError, socket.timeout)):
             plain.request("POST", "/rpc", b'{"jsonrpc": "2.0", "method": "VM.list", "id": 1}')
             plain.getresponse().read()
-    assert call(tls.client_context(peer)) == []
+    assert call(tls.client_context(peer)) == 2
 
 
 @pytest.mark.realhost

@@ -27,6 +27,9 @@ from vmhooks.errors import HookError, UsageError, VmhooksError
 log = logging.getLogger("vmhooks.api")
 
 MAX_REQUEST_BYTES = 16 << 20
+MAX_BATCH = 100  # requests in one JSON-RPC batch
+# What peer agents may call over TCP: the migration handshake, nothing else.
+PEER_METHODS = frozenset({"VM.migrationCreate", "VM.migrationFinish"})
 REQUEST_READ_TIMEOUT = 60.0  # seconds a client may take to send its request
 
 # Stable error codes: JSON-RPC's own, then one per kind of vmhooks error.
@@ -94,6 +97,7 @@ def method_table(agent: Agent) -> dict[str, Method]:
         "Host.getStats": Method(agent.getHostStats, {}),
         "Host.getAllVmStats": Method(agent.getAllVmStats, {}),
         "Host.getHookHistory": Method(agent.history, {"vmId": STR, "point": STR, "limit": INT}),
+        "Host.getHooks": Method(agent.hooks_inventory, {}),
     }  # fmt: skip
     for name in DEVICE_OPERATIONS:
         table[f"VM.{name}"] = Method(partial(agent.device_operation, name), DEVICE_PARAMS)
@@ -110,9 +114,13 @@ class Dispatcher:
             request = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(None, PARSE_ERROR, f"request is not valid JSON: {exc}")
+        except RecursionError:
+            return _error(None, PARSE_ERROR, "request is nested too deeply")
         if isinstance(request, list):
             if not request:
                 return _error(None, INVALID_REQUEST, "empty batch")
+            if len(request) > MAX_BATCH:
+                return _error(None, INVALID_REQUEST, f"batch of {len(request)} requests exceeds {MAX_BATCH}")
             responses = [r for r in (self.handle(item) for item in request) if r is not None]
             return responses or None
         return self.handle(request)
@@ -124,6 +132,10 @@ class Dispatcher:
         notification = "id" not in request
         if not isinstance(request_id, (str, int, type(None))) or isinstance(request_id, bool):
             return _error(None, INVALID_REQUEST, "id must be a string, a number or null")
+        response = self._call(request, request_id)
+        return None if notification else response  # JSON-RPC: never answer a notification
+
+    def _call(self, request: dict[str, Any], request_id: object) -> dict[str, Any]:
         name = request.get("method")
         if not isinstance(name, str):
             return _error(request_id, INVALID_REQUEST, "method must be a string")
@@ -144,8 +156,6 @@ class Dispatcher:
         except Exception as exc:  # a bug: say so, keep serving
             log.exception("%s failed", name)
             return _error(request_id, INTERNAL_ERROR, f"internal error in {name}: {exc}")
-        if notification:
-            return None
         return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
 
@@ -200,7 +210,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self._reply(404, _error(None, INVALID_REQUEST, f"no such path {self.path!r}; POST to /rpc"))
             return
         length_header = self.headers.get("Content-Length")
-        if length_header is None or not length_header.isdigit():
+        if length_header is None or not (length_header.isascii() and length_header.isdigit()):
             self._reply(411, _error(None, INVALID_REQUEST, "a Content-Length header is required"))
             return
         length = int(length_header)
@@ -229,7 +239,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
 
 class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+    daemon_threads = False  # server_close() waits for requests in flight: nothing is cut off
+    block_on_close = True
     request_queue_size = 128
 
     def __init__(self, path: Path, dispatcher: Dispatcher, group: str | None = None) -> None:
@@ -284,7 +295,8 @@ class TlsHTTPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     The TLS handshake runs in the connection's own thread with a timeout, so
     a peer that stalls it cannot block the accepting thread."""
 
-    daemon_threads = True
+    daemon_threads = False
+    block_on_close = True
     allow_reuse_address = True
     request_queue_size = 128
 
@@ -331,12 +343,14 @@ def server_tls_context(settings: AgentSettings) -> ssl.SSLContext:
 def make_servers(agent: Agent) -> list[socketserver.BaseServer]:
     """The Unix socket server, and the TLS one when --listen is set."""
     settings = agent.settings
-    dispatcher = Dispatcher(method_table(agent))
+    methods = method_table(agent)
+    dispatcher = Dispatcher(methods)
     servers: list[socketserver.BaseServer] = []
     if settings.listen:
         host, port = split_address(settings.listen, "--listen")
+        peers = Dispatcher({name: method for name, method in methods.items() if name in PEER_METHODS})
         try:
-            servers.append(TlsHTTPServer((host, port), dispatcher, server_tls_context(settings)))
+            servers.append(TlsHTTPServer((host, port), peers, server_tls_context(settings)))
         except OSError as exc:
             raise UsageError(f"cannot listen on {settings.listen}: {exc.strerror}") from None
     try:

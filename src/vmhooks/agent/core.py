@@ -726,7 +726,7 @@ class Agent:
             "cpuModel": model,
             "cpuCores": cpus,
             "memSizeMiB": memory_mib,
-            "hooks": discovery.inventory(self.settings.hooks_dir),
+            "hooks": self.hooks_inventory(),
         }
         return self._host_chain("getCapabilities", "after_get_caps", caps).payload
 
@@ -736,13 +736,17 @@ class Agent:
             domain = lv.lookup(self._conn, vm.vm_id) if vm.status in RUNNING else None
             return domain.XMLDesc(0) if domain is not None else vm.xml
 
+    def hooks_inventory(self) -> dict[str, dict[str, dict[str, str]]]:
+        """`{point: {script: {"checksum": sha256}}}` of the installed hooks."""
+        return discovery.inventory(self.settings.hooks_dir)
+
     def list_vms(self) -> list[dict[str, Any]]:
         return [self._summary(vm) for vm in sorted(self._vms.values(), key=lambda v: v.name)]
 
     def history(self, vmId: str | None = None, point: str | None = None, limit: int = 100) -> list[dict[str, Any]]:  # noqa: N803
         vm_id = domxml.normalise_uuid(vmId) if vmId is not None else None
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 100_000:
-            raise UsageError("limit must be an integer from 1 to 100000")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
+            raise UsageError("limit must be an integer from 1 to 10000")
         return self.store.history(vm_id, point, limit)
 
     @staticmethod
