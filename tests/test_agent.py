@@ -2,6 +2,7 @@
 libvirt connection can provoke (a VM that stops or pauses by itself)."""
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -164,3 +165,83 @@ def test_incoming_vm_that_never_arrives_is_dropped(agent):
     agent.migrationCreate(vm_id, domain_xml(f"never-{vm_id[:8]}", vm_id))
     assert agent.migrationFinish(vm_id, False)["status"] == "down"
     assert agent.list_vms() == []
+
+
+@pytest.mark.parametrize(
+    "change, refusal",
+    [
+        ({"libvirtUri": "qemu+ext:///system?command=/tmp/evil"}, "libvirt URI we refuse"),
+        ({"libvirtUri": "qemu+tls://peer/system?no_verify=1"}, "libvirt URI we refuse"),
+        ({"libvirtUri": "qemu+ssh://peer/system?netcat=/tmp/evil"}, "libvirt URI we refuse"),
+        ({"migrationUri": "unix:///tmp/sock"}, "migration URI we refuse"),
+        ({"xml": "<domain><name>other</name><uuid>00000000-0000-0000-0000-000000000001</uuid></domain>"}, "another domain"),
+        ({"xml": "<nope"}, "domain XML we refuse"),
+        ({"libvirtUri": 5}, "malformed"),
+    ],
+)
+def test_a_destination_offer_is_checked(change, refusal):
+    from vmhooks.agent.core import _check_offer
+    from vmhooks.store import VmRecord
+
+    vm_id = str(uuid.uuid4())
+    vm = VmRecord(vm_id, "mine", "up", "", {}, {})
+    good = {
+        "xml": domain_xml("mine", vm_id),
+        "libvirtUri": "qemu+unix:///session?socket=/tmp/vmh-1/libvirt-sock",
+        "migrationUri": "tcp://10.213.0.2:49152",
+        "listenAddress": "10.213.0.2",
+    }
+    _check_offer(good, vm)
+    with pytest.raises(WrongStateError, match=refusal):
+        _check_offer({**good, **change}, vm)
+
+
+def test_an_announced_migration_that_never_arrives_expires(agent, monkeypatch):
+    monkeypatch.setattr(agent, "incoming_timeout", 0.2)
+    vm_id = str(uuid.uuid4())
+    agent.migrationCreate(vm_id, domain_xml(f"ghost-{vm_id[:8]}", vm_id))
+    assert agent.list_vms()[0]["status"] == "incoming"
+    wait_for(lambda: agent.list_vms() == [])
+    # And the same VM may be announced again.
+    agent.migrationCreate(vm_id, domain_xml(f"ghost-{vm_id[:8]}", vm_id))
+    agent.migrationFinish(vm_id, False)
+
+
+def test_a_vm_that_runs_here_is_adopted_even_if_the_source_says_failed(agent, hooks_dir, tmp_path):
+    log = tmp_path / "trace.log"
+    trace_hooks(hooks_dir, ["after_vm_migrate_destination"], log)
+    vm_id = str(uuid.uuid4())
+    xml = domain_xml(f"split-{vm_id[:8]}", vm_id)
+    agent.migrationCreate(vm_id, xml)
+    agent.conn.createXML(xml, 0)
+    assert agent.migrationFinish(vm_id, False)["status"] == "up"
+    assert traced(log, vm_id) == ["after_vm_migrate_destination"]
+    agent.destroy(vm_id)
+
+
+def test_migrating_to_itself_is_refused_not_deadlocked(agent):
+    vm_id = str(uuid.uuid4())
+    agent.create(domain_xml(f"self-{vm_id[:8]}", vm_id))
+    with agent._lock_for(vm_id):  # what a migration holds while it asks the destination
+        outcome: list[BaseException] = []
+        worker = threading.Thread(target=lambda: _capture(outcome, agent.migrationCreate, vm_id, domain_xml("x", vm_id)))
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive()
+    assert isinstance(outcome[0], WrongStateError) and "busy" in str(outcome[0])
+    agent.destroy(vm_id)
+
+
+def test_unknown_vm_ids_leave_no_trace(agent):
+    before = len(agent._locks)
+    for _ in range(100):
+        with pytest.raises(NoSuchVmError):
+            agent.getStats(str(uuid.uuid4()))
+    assert len(agent._locks) == before
+
+
+def _capture(outcome: list, function, *args) -> None:
+    try:
+        function(*args)
+    except BaseException as exc:  # handed to the test thread
+        outcome.append(exc)

@@ -12,6 +12,7 @@ import shutil
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -83,12 +84,16 @@ DEVICE_OPERATIONS: dict[str, DeviceOperation] = {
 }  # fmt: skip
 
 RUNNING = frozenset({"up", "paused"})
+MAX_TICKET_TTL = 10 * 365 * 86400  # seconds
+MAX_CPUS = 4096
 
 
 class Agent:
     # Seconds a destination waits for the source's migrationFinish after
     # libvirt reports the VM running here, before adopting it on its own.
     migration_finish_grace = 30.0
+    # Seconds an announced incoming VM may take to show up in libvirt.
+    incoming_timeout = 300.0
 
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
@@ -159,6 +164,10 @@ class Agent:
                 log.info("VM %s (%s): re-attached", vm.vm_id, vm.name)
             elif vm.status in ("starting", "incoming"):
                 self._forget(vm.vm_id)  # it never started here: no hook to run
+            elif vm.status == "migrating":
+                log.warning("VM %s (%s) was migrating when the agent stopped: it is no longer here",
+                            vm.vm_id, vm.name)  # fmt: skip
+                self._forget(vm.vm_id)
             else:
                 log.info("VM %s (%s): stopped while the agent was away", vm.vm_id, vm.name)
                 self._forget(vm.vm_id)
@@ -180,6 +189,8 @@ class Agent:
     def _vm(self, vm_id: object, allowed: frozenset[str] | None = None) -> Iterator[VmRecord]:
         """Hold the VM's lock for the whole operation and yield its record."""
         key = domxml.normalise_uuid(vm_id)
+        if key not in self._vms:  # no lock is made for ids we never had
+            raise NoSuchVmError(f"no VM with id {key}")
         with self._lock_for(key):
             vm = self._vms.get(key)
             if vm is None:
@@ -456,6 +467,8 @@ class Agent:
     ) -> dict[str, Any]:
         if existingConnAction not in ("disconnect", "keep", "fail"):
             raise UsageError("existingConnAction must be disconnect, keep or fail")
+        if ttl is not None and not 0 <= ttl <= MAX_TICKET_TTL:
+            raise UsageError(f"ttl must be from 0 to {MAX_TICKET_TTL} seconds")
         ticket_params = environment.validated(params, "ticket param")
         with self._vm(vmId, RUNNING) as vm:
             domain = self._domain(vm)
@@ -480,8 +493,8 @@ class Agent:
             return self._summary(vm)
 
     def setNumberOfCpus(self, vmId: str, numberOfCpus: int) -> dict[str, Any]:  # noqa: N802,N803
-        if not isinstance(numberOfCpus, int) or isinstance(numberOfCpus, bool) or numberOfCpus < 1:
-            raise UsageError("numberOfCpus must be a positive integer")
+        if not isinstance(numberOfCpus, int) or isinstance(numberOfCpus, bool) or not 1 <= numberOfCpus <= MAX_CPUS:
+            raise UsageError(f"numberOfCpus must be an integer from 1 to {MAX_CPUS}")
         with self._vm(vmId, RUNNING) as vm:
             domain = self._domain(vm)
             self._vm_chain("setNumberOfCpus", "before_set_num_of_cpus", None, vm)
@@ -549,6 +562,11 @@ class Agent:
             offer = peer.call(
                 "VM.migrationCreate", vmId=vm.vm_id, xml=xml, custom=vm.custom, deviceCustom=vm.device_custom
             )
+            try:
+                _check_offer(offer, vm)
+            except WrongStateError:
+                self._tell_peer(peer, vm.vm_id, False)
+                raise
             vm = self._update(vm, status="migrating")
             try:
                 params = {libvirt.VIR_MIGRATE_PARAM_URI: _reachable_uri(offer["migrationUri"], dst)}
@@ -561,8 +579,13 @@ class Agent:
                     flags |= libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
                 lv.call(f"migrating VM {vm.name} to {dst}", domain.migrateToURI3, offer["libvirtUri"], params, flags)
             except BaseException:
-                self._update(vm, status=lv.status_of(domain) if lv.is_active(domain) else "down")
                 self._tell_peer(peer, vm.vm_id, False)
+                if lv.is_active(domain):
+                    self._update(vm, status=lv.status_of(domain))
+                else:  # it left this host all the same: nothing of it is ours to manage
+                    log.warning("VM %s: migration failed, and the VM is no longer on this host", vm.vm_id)
+                    self._forget(vm.vm_id)
+                    self._vm_chain("migrate", "after_vm_destroy", xml, vm)
                 raise
             self._forget(vm.vm_id)
             for props, device_xml in devices:
@@ -605,25 +628,57 @@ class Agent:
             str(key).lower(): self._check_custom(props, "device custom property")
             for key, props in (deviceCustom or {}).items()
         }
-        with self._lock_for(vm_id):
-            if vm_id in self._vms or lv.is_active(lv.lookup(self._conn, vm_id)):
-                raise WrongStateError(f"VM {vm_id} already runs on this host")
-            vm = self._update(VmRecord(vm_id, name or vm_id, "incoming", xml, vm_custom, device_custom))
-            try:
-                result = self._vm_chain("migrationCreate", "before_vm_migrate_destination", xml, vm)
-                for props, device_xml in self._custom_devices(vm):
-                    self._device_chain("migrationCreate", "before_device_migrate_destination", device_xml, vm, props)
-                address = self._migration_address()
-            except BaseException:
+        lock = self._lock_for(vm_id)
+        if not lock.acquire(blocking=False):  # e.g. a migration from this very host
+            raise WrongStateError(f"VM {vm_id} is busy on this host")
+        try:
+            return self._create_incoming(vm_id, name or vm_id, xml, vm_custom, device_custom)
+        finally:
+            lock.release()
+
+    def _create_incoming(
+        self, vm_id: str, name: str, xml: str, vm_custom: dict[str, str], device_custom: dict[str, dict[str, str]]
+    ) -> dict[str, Any]:
+        if vm_id in self._vms or lv.is_active(lv.lookup(self._conn, vm_id)):
+            raise WrongStateError(f"VM {vm_id} already runs on this host")
+        vm = self._update(VmRecord(vm_id, name, "incoming", xml, vm_custom, device_custom))
+        try:
+            result = self._vm_chain("migrationCreate", "before_vm_migrate_destination", xml, vm)
+            for props, device_xml in self._custom_devices(vm):
+                self._device_chain("migrationCreate", "before_device_migrate_destination", device_xml, vm, props)
+            address = self._migration_address()
+        except BaseException:
+            self._forget(vm_id)
+            raise
+        self._update(vm, xml=result.payload)
+        self._schedule(self.incoming_timeout, self._expire_incoming, vm_id)
+        return {
+            "xml": result.payload,
+            "libvirtUri": self.settings.migration_libvirt_uri or self.settings.libvirt_uri,
+            "migrationUri": f"tcp://{address}",
+            "listenAddress": split_address(address)[0],  # where the port was found free
+        }
+
+    def _expire_incoming(self, vm_id: str) -> None:
+        """An incoming VM that never arrived (the source died before libvirt
+        started) is dropped; one still arriving is given more time."""
+        try:
+            with self._lock_for(vm_id):
+                vm = self._vms.get(vm_id)
+                if vm is None or vm.status != "incoming":
+                    return
+                if lv.lookup(self._conn, vm_id) is not None:
+                    self._schedule(self.incoming_timeout, self._expire_incoming, vm_id)
+                    return
+                log.warning("VM %s: the announced migration never arrived; dropping it", vm_id)
                 self._forget(vm_id)
-                raise
-            self._update(vm, xml=result.payload)
-            return {
-                "xml": result.payload,
-                "libvirtUri": self.settings.migration_libvirt_uri or self.settings.libvirt_uri,
-                "migrationUri": f"tcp://{address}",
-                "listenAddress": split_address(address)[0],  # where the port was found free
-            }
+        except Exception:
+            log.exception("expiring incoming VM %s", vm_id)
+
+    def _schedule(self, seconds: float, function: Any, *args: Any) -> None:
+        timer = threading.Timer(seconds, function, args)
+        timer.daemon = True
+        timer.start()
 
     def migrationFinish(self, vmId: str, success: bool) -> dict[str, Any]:  # noqa: N802,N803
         """Destination side, after libvirt: adopt the VM and run the after hooks."""
@@ -631,10 +686,12 @@ class Agent:
             if vm.status in RUNNING:
                 return self._summary(vm)  # already adopted when libvirt said it arrived
             domain = lv.lookup(self._conn, vm.vm_id)
-            if not success or not lv.is_active(domain):
+            if not lv.is_active(domain):
                 self._forget(vm.vm_id)
                 return {"vmId": vm.vm_id, "name": vm.name, "status": "down"}
             assert domain is not None
+            if not success:  # libvirt runs it here all the same: manage it, do not orphan it
+                log.warning("VM %s: the source reports a failed migration, but it runs here", vm.vm_id)
             return self._summary(self._adopt(vm, domain, "migrationFinish"))
 
     def _adopt(self, vm: VmRecord, domain: libvirt.virDomain, operation: str) -> VmRecord:
@@ -771,9 +828,7 @@ class Agent:
                 if vm is not None and vm.status == "incoming" and event == libvirt.VIR_DOMAIN_EVENT_RESUMED:
                     # The source normally calls migrationFinish at once; wait for
                     # it a while, then adopt the VM ourselves.
-                    timer = threading.Timer(self.migration_finish_grace, self._adopt_if_still_incoming, (vm_id,))
-                    timer.daemon = True
-                    timer.start()
+                    self._schedule(self.migration_finish_grace, self._adopt_if_still_incoming, vm_id)
                 if vm is None or vm.status not in RUNNING:
                     return
                 domain = lv.lookup(self._conn, vm_id)
@@ -791,6 +846,35 @@ class Agent:
                         self._update(vm, status="up")
         except Exception:  # an event must never kill the worker
             log.exception("handling a libvirt event for VM %s", vm_id)
+
+
+# What a destination may ask our libvirtd to connect to: libvirt's network
+# transports, without options that run programs or turn verification off.
+_LIBVIRT_TRANSPORTS = frozenset({"", "tls", "tcp", "ssh", "libssh", "libssh2", "unix"})
+_LIBVIRT_URI_OPTIONS = frozenset({"socket", "mode", "name"})
+
+
+def _check_offer(offer: object, vm: VmRecord) -> None:
+    """A destination's answer is input too: refuse what could turn our own
+    libvirtd against us (an ext:// transport runs a program) or start
+    another VM than the one we migrate."""
+    if not isinstance(offer, dict) or not all(isinstance(offer.get(k), str) for k in ("xml", "libvirtUri", "migrationUri")):
+        raise WrongStateError("the destination's migration offer is malformed")
+    uri = urllib.parse.urlsplit(offer["libvirtUri"])
+    driver, _, transport = uri.scheme.partition("+")
+    options = {key for key, _ in urllib.parse.parse_qsl(uri.query, keep_blank_values=True)}
+    if not driver or transport not in _LIBVIRT_TRANSPORTS or not options <= _LIBVIRT_URI_OPTIONS:
+        raise WrongStateError(f"the destination offered a libvirt URI we refuse: {offer['libvirtUri']!r}")
+    if not offer["migrationUri"].startswith("tcp://"):
+        raise WrongStateError(f"the destination offered a migration URI we refuse: {offer['migrationUri']!r}")
+    if offer.get("listenAddress") is not None and not isinstance(offer["listenAddress"], str):
+        raise WrongStateError("the destination's migration offer is malformed")
+    try:
+        root = domxml.parse_domain(offer["xml"])
+    except UsageError as exc:
+        raise WrongStateError(f"the destination offered a domain XML we refuse: {exc}") from None
+    if domxml.identity(root) != (vm.vm_id, vm.name):
+        raise WrongStateError("the destination offered the XML of another domain (uuid or name differs)")
 
 
 def _reachable_uri(uri: str, dst: str) -> str:
