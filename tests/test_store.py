@@ -40,3 +40,15 @@ def test_history_filters_and_keeps_order(tmp_path: Path):
     assert everything[0]["changed"] is True and everything[0]["diff"] == "+x\n"
     assert [r["script"] for r in store.history(vm_id="vm-1", point="before_vm_start", limit=1)] == ["20_b"]
     assert store.history(point="nothing") == []
+
+
+def test_prune_forgets_old_chains_and_their_runs(tmp_path: Path):
+    store = Store(tmp_path / "db")
+    ok = ScriptRun("10_a", Status.OK, 0, 0.01, "", False)
+    store.record_chain("create", "vm-1", chain("before_vm_start", ok))
+    cutoff = store.history()[-1]["time"] + 1e-6
+    store.record_chain("pause", "vm-1", chain("before_vm_pause", ok, ok))
+    store._db.execute("UPDATE chains SET time = ? WHERE point = 'before_vm_pause'", (cutoff + 10,))
+    assert store.prune(cutoff) == 1
+    assert [r["point"] for r in store.history()] == ["before_vm_pause", "before_vm_pause"]
+    assert store._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2

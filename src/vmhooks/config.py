@@ -37,6 +37,7 @@ class AgentSettings(NamedTuple):
     allow_unsafe_hooks: bool = False
     properties: str | None = None  # oVirt UserDefinedVMProperties: name=regex;...
     save_dir: Path | None = None  # hibernation images (default: <state_dir>/hibernation)
+    history_days: float = 90.0  # hook runs older than this are forgotten
     # Agent-to-agent (migration) API over TCP with mutual TLS.
     listen: str | None = None  # HOST:PORT
     tls_cert: Path | None = None
@@ -64,6 +65,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "allow_unsafe_hooks": bool,
     "properties": str,
     "save_dir": str,
+    "history_days": (int, float),
     "listen": str,
     "tls_cert": str,
     "tls_key": str,

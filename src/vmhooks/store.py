@@ -167,6 +167,12 @@ class Store:
                 ],
             )
 
+    def prune(self, before: float) -> int:
+        """Forget hook runs older than `before` (epoch seconds); how many chains went."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM runs WHERE chain_id IN (SELECT id FROM chains WHERE time < ?)", (before,))
+            return db.execute("DELETE FROM chains WHERE time < ?", (before,)).rowcount
+
     def history(
         self, vm_id: str | None = None, point: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:

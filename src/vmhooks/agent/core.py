@@ -6,10 +6,12 @@ different VMs run in parallel in the callers' threads.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
 import socket
+import stat
 import threading
 import time
 import urllib.parse
@@ -86,6 +88,7 @@ DEVICE_OPERATIONS: dict[str, DeviceOperation] = {
 RUNNING = frozenset({"up", "paused"})
 MAX_TICKET_TTL = 10 * 365 * 86400  # seconds
 MAX_CPUS = 4096
+PRUNE_EVERY = 1000  # chains recorded between two prunings of old history
 
 
 class Agent:
@@ -102,8 +105,11 @@ class Agent:
         # so a chain's private directory costs no disk I/O.
         self.payload_dir = settings.run_dir / "payloads"
         self.flags_dir = settings.run_dir / "launch-flags"
-        for directory in (self.state_dir, settings.run_dir, self.payload_dir, self.flags_dir):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The socket group must be able to reach the socket through the run dir.
+        run_mode = 0o711 if settings.socket_group else 0o700
+        for directory, mode in ((self.state_dir, 0o700), (settings.run_dir, run_mode),
+                                (self.payload_dir, 0o700), (self.flags_dir, 0o700)):  # fmt: skip
+            _private_directory(directory, mode)
         # libvirtd writes the images: a session daemon as another user needs a
         # directory of its own, so it can be set apart from the private state.
         self.save_dir = settings.save_dir or self.state_dir / "hibernation"
@@ -115,6 +121,7 @@ class Agent:
         self._registry_lock = threading.Lock()
         self._events = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vm-events")
         self._callback_id: int | None = None
+        self._chains_recorded = itertools.count(1)
         self._base_env = dict(os.environ)  # one snapshot: copying os.environ per chain costs
         self._rules_cache: tuple[int | None, properties.PropertyRules | None] | None = None
         self._property_rules()  # a bad --properties spec fails the start, not the first VM
@@ -125,6 +132,7 @@ class Agent:
         """Clean up after a crash, run before_vdsm_start, connect, re-attach."""
         _empty_directory(self.payload_dir)  # payload dirs of a run that crashed
         _empty_directory(self.flags_dir)
+        self._prune_history()
         self._host_chain("start", "before_vdsm_start", None)
         self.conn = lv.open_connection(self.settings.libvirt_uri)
         self._callback_id = self.conn.domainEventRegisterAny(
@@ -145,6 +153,11 @@ class Agent:
             self.conn = None
         self._host_chain("stop", "after_vdsm_stop", None)
         self.store.close()
+
+    def _prune_history(self) -> None:
+        gone = self.store.prune(time.time() - self.settings.history_days * 86400)
+        if gone:
+            log.info("forgot %d hook chains older than %g days", gone, self.settings.history_days)
 
     def _recover(self) -> None:
         """Re-attach to the VMs libvirt still runs; a VM that stopped while we
@@ -255,6 +268,8 @@ class Agent:
         """One chain, recorded in the history; raises HookError where it aborts."""
         result = run_chain(point, payload, self._runner_config(), params=params, custom=custom, vm_id=vm_id)
         self.store.record_chain(operation, vm_id, result)
+        if result.scripts and next(self._chains_recorded) % PRUNE_EVERY == 0:
+            self._prune_history()
         if result.failed:
             log.warning("%s", result.error_message())
         result.raise_if_aborting()
@@ -897,6 +912,21 @@ def _check_released(what: str, domain: libvirt.virDomain, device: Any) -> None:
     if domxml.find_same_device(live, device) is not None:
         name = ", ".join(sorted(domxml.device_keys(device)))
         raise LibvirtError(f"{what}: the guest has not released <{device.tag}> {name}; the unplug stays pending")
+
+
+def _private_directory(directory: Path, mode: int) -> None:
+    """Make `directory` (or accept it): ours, not a symlink, and writable by
+    nobody else, since hooks' payloads and the state live there."""
+    directory.mkdir(mode=mode, parents=True, exist_ok=True)
+    st = os.lstat(directory)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{directory} must be a directory, not a symlink")
+    if st.st_uid != os.geteuid():
+        raise UsageError(f"{directory} is owned by uid {st.st_uid}, not the agent's user")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UsageError(f"{directory} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
+    if mode == 0o711 and stat.S_IMODE(st.st_mode) & 0o011 != 0o011:
+        os.chmod(directory, stat.S_IMODE(st.st_mode) | 0o011)
 
 
 def _empty_directory(directory: Path) -> None:

@@ -30,6 +30,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--socket", type=Path, help="the API socket (default: <run-dir>/vmhooks.sock)")
     parser.add_argument("--socket-group", help="also let this group use the socket (mode 0660)")
     parser.add_argument("--hook-timeout", type=float, metavar="S", help="seconds per hook script (default: 60)")
+    parser.add_argument("--history-days", type=float, metavar="DAYS", help="keep hook runs this long (default: 90)")
     parser.add_argument("--properties", metavar="SPEC", help="custom property rules: name=regex;name=regex")
     parser.add_argument("--allow-unsafe-hooks", action="store_true", default=None,
                         help="development only: run hooks writable by group/others")
@@ -58,6 +59,8 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
     settings = AgentSettings(**values)
     if not settings.hook_timeout > 0:
         raise UsageError("hook timeout must be a positive number of seconds")
+    if not settings.history_days > 0:
+        raise UsageError("history days must be a positive number")
     return settings
 
 
