@@ -468,3 +468,33 @@ def test_host_get_hooks_is_the_inventory(agent):
     hooks = agent.call("Host.getHooks")
     assert set(hooks) == set(ALL_POINTS)
     assert all(set(scripts) == {"05_trace"} for scripts in hooks.values())
+
+
+def test_all_vm_stats_go_through_their_hooks(agent, make_hook, trace_log):
+    vm_a, vm_b = new_vm(agent), new_vm(agent)
+    agent.call("VM.pause", vmId=vm_b)
+    make_hook(
+        "after_get_all_vm_stats",
+        "50_tag",
+        "import hooking\nstats = hooking.read_json()\nfor s in stats: s['tagged'] = True\nhooking.write_json(stats)\n",
+        lang="python",
+    )
+    trace_log.write_text("")
+    stats = {s["vmId"]: s for s in agent.call("Host.getAllVmStats")}
+    assert set(stats) == {vm_a, vm_b}
+    assert stats[vm_a]["status"] == "up" and stats[vm_b]["status"] == "paused"
+    assert all(s["tagged"] is True and s["vcpuCount"] == 2 for s in stats.values())
+    assert traced(trace_log) == ["before_get_all_vm_stats", "after_get_all_vm_stats"]
+
+
+def test_memory_hotplug_runs_its_before_point_then_reports_the_driver(agent, trace_log):
+    vm_id = new_vm(agent)
+    trace_log.write_text("")
+    memory = "<memory model='dimm'><target><size unit='MiB'>128</size><node>0</node></target></memory>"
+    with pytest.raises(RpcError) as error:
+        agent.call("VM.hotplugMemory", vmId=vm_id, xml=memory)
+    assert error.value.code == 5
+    assert traced(trace_log, vm_id) == ["before_memory_hotplug"]  # no _fail point exists for memory
+    with pytest.raises(RpcError) as error:
+        agent.call("VM.hotplugMemory", vmId=vm_id, xml="<disk/>")
+    assert error.value.code == 3 and "takes a <memory> element" in str(error.value)
