@@ -28,7 +28,8 @@ EXPECTED = {
     "floppy", "hostusb", "httpsisoboot", "hugepages", "log_console", "macspoof", "nestedvt", "numa",
     "pincpu", "qemucmdline", "scratchpad", "smartcard", "smbios", "spiceoptions", "vmdisk",
 }  # fmt: skip
-ALLOWED_IMPORTS = set(sys.stdlib_module_names) | {"hooking"}
+# The hooks' own path (hooklib/) holds `hooking` and the catalogue's shared helpers.
+ALLOWED_IMPORTS = set(sys.stdlib_module_names) | {"hooking", "vmhooks_catalogue"}
 
 
 def actions(result: list[catalogue.FileAction]) -> dict[str, Action]:

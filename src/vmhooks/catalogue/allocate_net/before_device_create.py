@@ -11,13 +11,7 @@ import os
 import random
 
 import hooking
-
-
-def child(parent, tag):
-    for node in parent.childNodes:
-        if node.nodeType == node.ELEMENT_NODE and node.tagName == tag:
-            return node
-    return None
+import vmhooks_catalogue
 
 
 def main():
@@ -37,14 +31,7 @@ def main():
     if kind not in ("bridge", "network"):
         kind = "bridge"
         interface.setAttribute("type", kind)
-    source = child(interface, "source")
-    if source is None:
-        source = domxml.createElement("source")
-        mac = child(interface, "mac")
-        interface.insertBefore(source, mac.nextSibling if mac is not None else interface.firstChild)
-    while source.attributes.length:
-        source.removeAttribute(source.attributes.item(0).name)
-    source.setAttribute(kind, network)
+    vmhooks_catalogue.set_interface_source(domxml, interface, kind, network)
     hooking.log("allocate_net: interface connected to %s %r (picked among %s)"
                 % (kind, network, " ".join(networks)))
     hooking.write_domxml(domxml)

@@ -14,6 +14,7 @@ import os
 import re
 
 import hooking
+import vmhooks_catalogue
 
 PATTERNS = (
     ("pci", re.compile(r"pci_([0-9a-fA-F]{4})_([0-9a-fA-F]{2})_([0-9a-fA-F]{2})_([0-7])\Z")),
@@ -21,18 +22,7 @@ PATTERNS = (
     ("usb", re.compile(r"usb_([0-9]+)_([0-9]+)\Z")),
     ("usb", re.compile(r"usb_usb([0-9]+)()\Z")),  # a root hub: device 1
 )
-OS_BOOT_DEVICES = {"hd": ("disk", ("disk", "lun")), "cdrom": ("disk", ("cdrom",)),
-                   "fd": ("disk", ("floppy",)), "network": ("interface", None)}
-
-
-def elements(parent, tag=None):
-    return [node for node in parent.childNodes
-            if node.nodeType == node.ELEMENT_NODE and (tag is None or node.tagName == tag)]
-
-
-def child(parent, tag):
-    found = elements(parent, tag)
-    return found[0] if found else None
+child = vmhooks_catalogue.child
 
 
 def number(text, base):
@@ -73,52 +63,9 @@ def matches(hostdev, kind, parts):
     return [number(address.getAttribute(key), 10) for key in ("bus", "target", "unit")] == parts[1:]
 
 
-def boot_order(device):
-    boot = child(device, "boot")
-    if boot is None or not boot.hasAttribute("order"):
-        return None
-    order = number(boot.getAttribute("order"), 10)
-    return order if order is not None else 1 << 30
-
-
-def set_boot_order(doc, device, order):
-    boot = child(device, "boot")
-    if boot is None:
-        boot = doc.createElement("boot")
-        device.appendChild(boot)
-    boot.setAttribute("order", str(order))
-
-
-def convert_os_boot(doc, domain, devices):
-    """Replace <os><boot dev=...> by device boot orders (libvirt takes one or
-    the other, never both)."""
-    os_element = child(domain, "os")
-    boots = elements(os_element, "boot") if os_element is not None else []
-    if not boots:
-        return
-    wanted = [boot.getAttribute("dev") for boot in boots]
-    for boot in boots:
-        os_element.removeChild(boot)
-    if any(boot_order(device) is not None for device in elements(devices)):
-        return
-    order = 1
-    for dev in wanted:
-        tag, kinds = OS_BOOT_DEVICES.get(dev, (None, None))
-        for device in elements(devices, tag) if tag else ():
-            if kinds is None or (device.getAttribute("device") or "disk") in kinds:
-                set_boot_order(doc, device, order)
-                order += 1
-                break
-
-
-def boot_first(doc, domain, devices, first):
-    """`first` gets boot order 1; every other device boot order goes up by one."""
-    convert_os_boot(doc, domain, devices)
-    for device in elements(devices):
-        order = boot_order(device)
-        if device is not first and order is not None:
-            set_boot_order(doc, device, order + 1)
-    set_boot_order(doc, first, 1)
+def boot_order_number(text):
+    """A boot order as this hook has always read it: decimal, or hex with 0x."""
+    return number(text, 10)
 
 
 def main():
@@ -132,12 +79,12 @@ def main():
     domxml = hooking.read_domxml()
     domain = domxml.documentElement
     devices = child(domain, "devices")
-    hostdevs = [dev for dev in elements(devices, "hostdev")] if devices is not None else []
+    hostdevs = vmhooks_catalogue.elements(devices, "hostdev") if devices is not None else []
     found = [dev for dev in hostdevs if matches(dev, kind, parts)]
     if not found:
         hooking.exit_hook("boot_hostdev: the VM has no %s host device %s: nothing to boot from"
                           % (kind.upper(), name), 1)
-    boot_first(domxml, domain, devices, found[0])
+    vmhooks_catalogue.boot_first(domxml, domain, devices, found[0], parse=boot_order_number)
     hooking.log("boot_hostdev: %s boots first" % name)
     hooking.write_domxml(domxml)
 

@@ -15,16 +15,10 @@ import os
 import re
 
 import hooking
+import vmhooks_catalogue
 
 SAP_FLAGS = ("+invtsc", "+rdtscp")
 FLAG = re.compile(r"[+-][A-Za-z0-9_.-]+\Z")
-
-
-def child(parent, tag):
-    for node in parent.childNodes:
-        if node.nodeType == node.ELEMENT_NODE and node.tagName == tag:
-            return node
-    return None
 
 
 def wanted_flags(cpuflags):
@@ -57,21 +51,12 @@ def main():
         return
     domxml = hooking.read_domxml()
     domain = domxml.documentElement
-    cpu = child(domain, "cpu")
-    if cpu is None:
-        cpu = domxml.createElement("cpu")
-        domain.appendChild(cpu)
-    features = {}
-    for node in cpu.childNodes:
-        if node.nodeType == node.ELEMENT_NODE and node.tagName == "feature":
-            features[node.getAttribute("name")] = node
+    cpu = vmhooks_catalogue.ensure_child(domxml, domain, "cpu")
+    features = {node.getAttribute("name"): node for node in vmhooks_catalogue.elements(cpu, "feature")}
     for name, policy in policies.items():
         feature = features.get(name)
         if feature is None:
-            feature = domxml.createElement("feature")
-            cpu.appendChild(feature)
-            feature.setAttribute("policy", policy)
-            feature.setAttribute("name", name)
+            cpu.appendChild(vmhooks_catalogue.element(domxml, "feature", {"policy": policy, "name": name}))
         else:
             feature.setAttribute("policy", policy)
     hooking.log("cpuflags: %s" % ", ".join("%s %s" % (p, n) for n, p in policies.items()))

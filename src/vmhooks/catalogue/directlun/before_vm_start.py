@@ -19,23 +19,10 @@ import os
 import re
 
 import hooking
+import vmhooks_catalogue
 
 LUN = re.compile(r"[A-Za-z0-9_.-]+\Z")
 MAPPER = "/dev/mapper/"
-
-
-def elements(parent, tag):
-    return [node for node in parent.childNodes
-            if node.nodeType == node.ELEMENT_NODE and node.tagName == tag]
-
-
-def disk_name(prefix, index):
-    suffix = ""
-    index += 1
-    while index:
-        index, rest = divmod(index - 1, 26)
-        suffix = chr(ord("a") + rest) + suffix
-    return prefix + suffix
 
 
 def parse(value):
@@ -50,6 +37,18 @@ def parse(value):
     return luns
 
 
+def make_disk(doc, path, name, readonly):
+    element = vmhooks_catalogue.element
+    disk = element(doc, "disk", {"type": "block", "device": "disk"}, [
+        element(doc, "driver", {"name": "qemu", "type": "raw", "cache": "none", "io": "native"}),
+        element(doc, "source", {"dev": path}),
+        element(doc, "target", {"dev": name, "bus": "virtio"}),
+    ])
+    if readonly:
+        disk.appendChild(doc.createElement("readonly"))
+    return disk
+
+
 def main():
     value = os.environ.get("directlun")
     if value is None:
@@ -59,45 +58,21 @@ def main():
     except ValueError as exc:
         hooking.exit_hook("directlun: invalid value %r: %s" % (value, exc), 1)
     domxml = hooking.read_domxml()
-    devices = elements(domxml.documentElement, "devices")
-    if not devices:
+    devices = vmhooks_catalogue.child(domxml.documentElement, "devices")
+    if devices is None:
         hooking.exit_hook("directlun: the domain has no <devices>", 1)
-    devices = devices[0]
-    disks = elements(devices, "disk")
-    anchor = disks[-1].nextSibling if disks else None
-    used, attached = set(), set()
-    for disk in disks:
-        for target in elements(disk, "target"):
-            used.add(target.getAttribute("dev"))
-        for source in elements(disk, "source"):
-            attached.add(source.getAttribute("dev"))
-    index, added = 0, []
+    disks = vmhooks_catalogue.elements(devices, "disk")
+    names = vmhooks_catalogue.free_disk_names("vd", vmhooks_catalogue.target_devs(disks))
+    attached = vmhooks_catalogue.source_values(disks, "dev")
+    added = []
     for lun, readonly in luns:
         path = MAPPER + lun
         if path in attached:
             hooking.log("directlun: %s is already attached, skipped" % path)
             continue
-        while disk_name("vd", index) in used:
-            index += 1
-        name = disk_name("vd", index)
-        used.add(name)
+        name = next(names)
         attached.add(path)
-        disk = domxml.createElement("disk")
-        disk.setAttribute("type", "block")
-        disk.setAttribute("device", "disk")
-        driver = domxml.createElement("driver")
-        for attribute, text in (("name", "qemu"), ("type", "raw"), ("cache", "none"), ("io", "native")):
-            driver.setAttribute(attribute, text)
-        source = domxml.createElement("source")
-        source.setAttribute("dev", path)
-        target = domxml.createElement("target")
-        target.setAttribute("dev", name)
-        target.setAttribute("bus", "virtio")
-        for element in (driver, source, target):
-            disk.appendChild(element)
-        if readonly:
-            disk.appendChild(domxml.createElement("readonly"))
-        devices.insertBefore(disk, anchor)
+        vmhooks_catalogue.insert_disk(devices, make_disk(domxml, path, name, readonly))
         if not os.path.exists(path):
             hooking.log("directlun: warning: %s does not exist on this host" % path)
         added.append("%s as %s%s" % (path, name, " (read-only)" if readonly else ""))

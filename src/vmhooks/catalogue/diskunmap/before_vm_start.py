@@ -11,15 +11,12 @@ Other values: exit 1.
 import os
 
 import hooking
+import vmhooks_catalogue
 
 BUSES = ("scsi", "ide")
 
 
-def child(parent, tag):
-    for node in parent.childNodes:
-        if node.nodeType == node.ELEMENT_NODE and node.tagName == tag:
-            return node
-    return None
+child = vmhooks_catalogue.child
 
 
 def wants_unmap(disk):

@@ -16,13 +16,7 @@ import os
 import re
 
 import hooking
-
-
-def child(parent, tag):
-    for node in parent.childNodes:
-        if node.nodeType == node.ELEMENT_NODE and node.tagName == tag:
-            return node
-    return None
+import vmhooks_catalogue
 
 
 def main():
@@ -37,14 +31,7 @@ def main():
         hooking.exit_hook("extnet: expected an <interface> device, got <%s>" % interface.tagName, 1)
     old = interface.getAttribute("type")
     interface.setAttribute("type", "network")
-    source = child(interface, "source")
-    if source is None:
-        source = domxml.createElement("source")
-        mac = child(interface, "mac")
-        interface.insertBefore(source, mac.nextSibling if mac is not None else interface.firstChild)
-    while source.attributes.length:
-        source.removeAttribute(source.attributes.item(0).name)
-    source.setAttribute("network", network)
+    vmhooks_catalogue.set_interface_source(domxml, interface, "network", network)
     hooking.log("extnet: interface (was type %r) now on libvirt network %r" % (old, network))
     hooking.write_domxml(domxml)
 

@@ -15,11 +15,7 @@ drives taken: exit 1.
 import os
 
 import hooking
-
-
-def elements(parent, tag):
-    return [node for node in parent.childNodes
-            if node.nodeType == node.ELEMENT_NODE and node.tagName == tag]
+import vmhooks_catalogue
 
 
 def main():
@@ -29,34 +25,24 @@ def main():
     if not path.startswith("/"):
         hooking.exit_hook("floppy: invalid value %r: expected the absolute path of an image" % path, 1)
     domxml = hooking.read_domxml()
-    domain = domxml.documentElement
-    devices = elements(domain, "devices")
-    if not devices:
+    devices = vmhooks_catalogue.child(domxml.documentElement, "devices")
+    if devices is None:
         hooking.exit_hook("floppy: the domain has no <devices>", 1)
-    devices = devices[0]
-    disks = elements(devices, "disk")
-    used = set()
-    for disk in disks:
-        for target in elements(disk, "target"):
-            used.add(target.getAttribute("dev"))
-        for source in elements(disk, "source"):
-            if disk.getAttribute("device") == "floppy" and source.getAttribute("file") == path:
-                hooking.log("floppy: %s is already attached, doing nothing" % path)
-                return
+    disks = vmhooks_catalogue.elements(devices, "disk")
+    floppies = [disk for disk in disks if disk.getAttribute("device") == "floppy"]
+    if path in vmhooks_catalogue.source_values(floppies, "file"):
+        hooking.log("floppy: %s is already attached, doing nothing" % path)
+        return
+    used = vmhooks_catalogue.target_devs(disks)
     free = [name for name in ("fda", "fdb") if name not in used]
     if not free:
         hooking.exit_hook("floppy: both floppy drives (fda, fdb) are taken", 1)
-    disk = domxml.createElement("disk")
-    disk.setAttribute("type", "file")
-    disk.setAttribute("device", "floppy")
-    source = domxml.createElement("source")
-    source.setAttribute("file", path)
-    target = domxml.createElement("target")
-    target.setAttribute("dev", free[0])
-    target.setAttribute("bus", "fdc")
-    disk.appendChild(source)
-    disk.appendChild(target)
-    devices.insertBefore(disk, disks[-1].nextSibling if disks else None)
+    element = vmhooks_catalogue.element
+    disk = element(domxml, "disk", {"type": "file", "device": "floppy"}, [
+        element(domxml, "source", {"file": path}),
+        element(domxml, "target", {"dev": free[0], "bus": "fdc"}),
+    ])
+    vmhooks_catalogue.insert_disk(devices, disk)
     if not os.path.exists(path):
         hooking.log("floppy: warning: %s does not exist on this host" % path)
     hooking.log("floppy: %s attached as %s" % (path, free[0]))

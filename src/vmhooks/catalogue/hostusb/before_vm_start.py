@@ -18,13 +18,12 @@ import os
 import re
 
 import hooking
+import vmhooks_catalogue
 
 DEVICE = re.compile(r"0x([0-9a-fA-F]{4}):0x([0-9a-fA-F]{4})\Z")
 
 
-def elements(parent, tag):
-    return [node for node in parent.childNodes
-            if node.nodeType == node.ELEMENT_NODE and node.tagName == tag]
+elements = vmhooks_catalogue.elements
 
 
 def parse(value):
@@ -58,10 +57,9 @@ def main():
     except ValueError as exc:
         hooking.exit_hook("hostusb: invalid value %r: %s" % (value, exc), 1)
     domxml = hooking.read_domxml()
-    devices = elements(domxml.documentElement, "devices")
-    if not devices:
+    devices = vmhooks_catalogue.child(domxml.documentElement, "devices")
+    if devices is None:
         hooking.exit_hook("hostusb: the domain has no <devices>", 1)
-    devices = devices[0]
     already = present(devices)
     added = []
     for vendor, product in ids:
@@ -70,16 +68,13 @@ def main():
             hooking.log("hostusb: %s:%s is already passed through, skipped" % (vendor, product))
             continue
         already.add(key)
-        hostdev = domxml.createElement("hostdev")
-        hostdev.setAttribute("mode", "subsystem")
-        hostdev.setAttribute("type", "usb")
-        source = domxml.createElement("source")
-        for tag, ident in (("vendor", vendor), ("product", product)):
-            element = domxml.createElement(tag)
-            element.setAttribute("id", ident)
-            source.appendChild(element)
-        hostdev.appendChild(source)
-        devices.appendChild(hostdev)
+        element = vmhooks_catalogue.element
+        devices.appendChild(element(domxml, "hostdev", {"mode": "subsystem", "type": "usb"}, [
+            element(domxml, "source", None, [
+                element(domxml, "vendor", {"id": vendor}),
+                element(domxml, "product", {"id": product}),
+            ]),
+        ]))
         added.append("%s:%s" % (vendor, product))
     if added:
         hooking.log("hostusb: passing through %s" % ", ".join(added))

@@ -24,19 +24,9 @@ import os
 from urllib.parse import urlsplit
 
 import hooking
+import vmhooks_catalogue
 
-OS_BOOT_DEVICES = {"hd": ("disk", ("disk", "lun")), "cdrom": ("disk", ("cdrom",)),
-                   "fd": ("disk", ("floppy",)), "network": ("interface", None)}
-
-
-def elements(parent, tag=None):
-    return [node for node in parent.childNodes
-            if node.nodeType == node.ELEMENT_NODE and (tag is None or node.tagName == tag)]
-
-
-def child(parent, tag):
-    found = elements(parent, tag)
-    return found[0] if found else None
+child = vmhooks_catalogue.child
 
 
 def parse_url(url):
@@ -57,101 +47,27 @@ def parse_url(url):
     return parts.hostname, port, parts.path, parts.query
 
 
-def disk_name(prefix, index):
-    suffix = ""
-    index += 1
-    while index:
-        index, rest = divmod(index - 1, 26)
-        suffix = chr(ord("a") + rest) + suffix
-    return prefix + suffix
-
-
 def free_target(devices, prefix, limit):
+    """The first free `prefix` name among the first `limit`, judged by the
+    first <target> of each disk; None when all are taken."""
     used = set()
-    for disk in elements(devices, "disk"):
+    for disk in vmhooks_catalogue.elements(devices, "disk"):
         target = child(disk, "target")
         if target is not None:
             used.add(target.getAttribute("dev"))
-    for index in range(limit):
-        name = disk_name(prefix, index)
-        if name not in used:
-            return name
-    return None
-
-
-def number(text):
-    try:
-        return int((text or "").strip())
-    except ValueError:
-        return 1 << 30
-
-
-def boot_order(device):
-    boot = child(device, "boot")
-    if boot is None or not boot.hasAttribute("order"):
-        return None
-    return number(boot.getAttribute("order"))
-
-
-def set_boot_order(doc, device, order):
-    boot = child(device, "boot")
-    if boot is None:
-        boot = doc.createElement("boot")
-        device.appendChild(boot)
-    boot.setAttribute("order", str(order))
-
-
-def convert_os_boot(doc, domain, devices):
-    os_element = child(domain, "os")
-    boots = elements(os_element, "boot") if os_element is not None else []
-    if not boots:
-        return
-    wanted = [boot.getAttribute("dev") for boot in boots]
-    for boot in boots:
-        os_element.removeChild(boot)
-    if any(boot_order(device) is not None for device in elements(devices)):
-        return
-    order = 1
-    for dev in wanted:
-        tag, kinds = OS_BOOT_DEVICES.get(dev, (None, None))
-        for device in elements(devices, tag) if tag else ():
-            if kinds is None or (device.getAttribute("device") or "disk") in kinds:
-                set_boot_order(doc, device, order)
-                order += 1
-                break
-
-
-def boot_first(doc, domain, devices, first):
-    """`first` gets boot order 1; every other device boot order goes up by one."""
-    convert_os_boot(doc, domain, devices)
-    for device in elements(devices):
-        order = boot_order(device)
-        if device is not first and order is not None:
-            set_boot_order(doc, device, order + 1)
-    set_boot_order(doc, first, 1)
+    return next(vmhooks_catalogue.free_disk_names(prefix, used, limit), None)
 
 
 def make_cdrom(doc, host, port, path, query, target_dev, bus):
-    disk = doc.createElement("disk")
-    disk.setAttribute("type", "network")
-    disk.setAttribute("device", "cdrom")
-    driver = doc.createElement("driver")
-    driver.setAttribute("name", "qemu")
-    driver.setAttribute("type", "raw")
-    source = doc.createElement("source")
-    source.setAttribute("protocol", "https")
-    source.setAttribute("name", path + ("?" + query if query else ""))
-    host_element = doc.createElement("host")
-    host_element.setAttribute("name", host)
-    host_element.setAttribute("port", str(port))
-    source.appendChild(host_element)
-    target = doc.createElement("target")
-    target.setAttribute("dev", target_dev)
-    target.setAttribute("bus", bus)
-    target.setAttribute("tray", "closed")
-    for element in (driver, source, target, doc.createElement("readonly")):
-        disk.appendChild(element)
-    return disk
+    element = vmhooks_catalogue.element
+    return element(doc, "disk", {"type": "network", "device": "cdrom"}, [
+        element(doc, "driver", {"name": "qemu", "type": "raw"}),
+        element(doc, "source", {"protocol": "https", "name": path + ("?" + query if query else "")}, [
+            element(doc, "host", {"name": host, "port": str(port)}),
+        ]),
+        element(doc, "target", {"dev": target_dev, "bus": bus, "tray": "closed"}),
+        doc.createElement("readonly"),
+    ])
 
 
 def main():
@@ -164,10 +80,7 @@ def main():
         hooking.exit_hook("httpsisoboot: refusing %r: %s" % (url, exc), 2)
     domxml = hooking.read_domxml()
     domain = domxml.documentElement
-    devices = child(domain, "devices")
-    if devices is None:
-        devices = domxml.createElement("devices")
-        domain.appendChild(devices)
+    devices = vmhooks_catalogue.ensure_child(domxml, domain, "devices")
     os_element = child(domain, "os")
     os_type = child(os_element, "type") if os_element is not None else None
     q35 = os_type is not None and "q35" in os_type.getAttribute("machine")
@@ -176,10 +89,8 @@ def main():
     if target_dev is None:
         hooking.exit_hook("httpsisoboot: no free %s slot for the CD-ROM" % bus.upper(), 1)
     cdrom = make_cdrom(domxml, host, port, path, query, target_dev, bus)
-    disks = elements(devices, "disk")
-    anchor = disks[-1].nextSibling if disks else None
-    devices.insertBefore(cdrom, anchor)
-    boot_first(domxml, domain, devices, cdrom)
+    vmhooks_catalogue.insert_disk(devices, cdrom)
+    vmhooks_catalogue.boot_first(domxml, domain, devices, cdrom)
     hooking.log("httpsisoboot: booting from https://%s:%d%s (%s)" % (host, port, path, target_dev))
     hooking.write_domxml(domxml)
 

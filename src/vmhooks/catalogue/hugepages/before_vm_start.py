@@ -11,13 +11,10 @@ import os
 import re
 
 import hooking
+import vmhooks_catalogue
 
 
-def child(parent, tag):
-    for node in parent.childNodes:
-        if node.nodeType == node.ELEMENT_NODE and node.tagName == tag:
-            return node
-    return None
+child = vmhooks_catalogue.child
 
 
 def memory_mib(domain):
@@ -51,13 +48,7 @@ def main():
         return
     if backing is None:
         backing = domxml.createElement("memoryBacking")
-        anchor = child(domain, "currentMemory")
-        if anchor is None:
-            anchor = child(domain, "memory")
-        if anchor is not None and anchor.nextSibling is not None:
-            domain.insertBefore(backing, anchor.nextSibling)
-        else:
-            domain.appendChild(backing)
+        vmhooks_catalogue.insert_after_first(domain, backing, ("currentMemory", "memory"))
     backing.appendChild(domxml.createElement("hugepages"))
     guest = memory_mib(domain)
     if guest is not None and guest > mib:

@@ -15,18 +15,13 @@ import os
 import re
 
 import hooking
+import vmhooks_catalogue
 
 DEFAULT_DIR = "/var/log/libvirt/qemu"
 
 
-def elements(parent, tag):
-    return [node for node in parent.childNodes
-            if node.nodeType == node.ELEMENT_NODE and node.tagName == tag]
-
-
-def text_of(parent, tag):
-    found = elements(parent, tag)
-    return found[0].firstChild.data.strip() if found and found[0].firstChild else ""
+elements = vmhooks_catalogue.elements
+text_of = vmhooks_catalogue.text_of
 
 
 def main():
@@ -57,10 +52,7 @@ def main():
     safe_name = (name or text_of(domain, "uuid") or "vm").replace("/", "_")
     directory = os.environ.get("VMHOOKS_CONSOLE_LOG_DIR") or DEFAULT_DIR
     path = os.path.join(directory, "%s-console.log" % safe_name)
-    log = domxml.createElement("log")
-    log.setAttribute("file", path)
-    log.setAttribute("append", "on")
-    serial.appendChild(log)
+    serial.appendChild(vmhooks_catalogue.element(domxml, "log", {"file": path, "append": "on"}))
     hooking.log("log_console: serial console logged to %s" % path)
     hooking.write_domxml(domxml)
 

@@ -9,16 +9,15 @@ macspoof=false  does nothing
 import os
 
 import hooking
+import vmhooks_catalogue
+
+
+def no_mac_spoofing(filterref):
+    return filterref.getAttribute("filter").endswith("no-mac-spoofing")
 
 
 def remove_filters(interface):
-    removed = 0
-    for node in list(interface.childNodes):
-        if node.nodeType == node.ELEMENT_NODE and node.tagName == "filterref" \
-                and node.getAttribute("filter").endswith("no-mac-spoofing"):
-            interface.removeChild(node)
-            removed += 1
-    return removed
+    return vmhooks_catalogue.remove_children(interface, "filterref", no_mac_spoofing)
 
 
 def main():

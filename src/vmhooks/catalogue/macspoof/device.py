@@ -9,6 +9,7 @@ from the <interface>.
 import os
 
 import hooking
+import vmhooks_catalogue
 
 
 def main():
@@ -16,12 +17,8 @@ def main():
         return
     domxml = hooking.read_domxml()
     interface = domxml.documentElement
-    removed = 0
-    for node in list(interface.childNodes):
-        if node.nodeType == node.ELEMENT_NODE and node.tagName == "filterref" \
-                and node.getAttribute("filter").endswith("no-mac-spoofing"):
-            interface.removeChild(node)
-            removed += 1
+    removed = vmhooks_catalogue.remove_children(
+        interface, "filterref", lambda node: node.getAttribute("filter").endswith("no-mac-spoofing"))
     if not removed:
         hooking.log("macspoof: no no-mac-spoofing filter on this interface")
         return

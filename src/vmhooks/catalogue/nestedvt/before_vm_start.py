@@ -14,6 +14,7 @@ replaces the sysfs directory read, for tests.
 import os
 
 import hooking
+import vmhooks_catalogue
 
 MODULES = (("kvm_intel", "vmx"), ("kvm_amd", "svm"))
 
@@ -42,22 +43,13 @@ def main():
         return
     domxml = hooking.read_domxml()
     domain = domxml.documentElement
-    cpus = [node for node in domain.childNodes
-            if node.nodeType == node.ELEMENT_NODE and node.tagName == "cpu"]
-    if cpus:
-        cpu = cpus[0]
-    else:
-        cpu = domxml.createElement("cpu")
-        domain.appendChild(cpu)
+    cpu = vmhooks_catalogue.ensure_child(domxml, domain, "cpu")
     for node in cpu.getElementsByTagName("feature"):
         if node.getAttribute("name") == feature:
             hooking.log("nestedvt: <cpu> already has a %s feature (policy %r), doing nothing"
                         % (feature, node.getAttribute("policy")))
             return
-    element = domxml.createElement("feature")
-    element.setAttribute("policy", "require")
-    element.setAttribute("name", feature)
-    cpu.appendChild(element)
+    cpu.appendChild(vmhooks_catalogue.element(domxml, "feature", {"policy": "require", "name": feature}))
     hooking.log("nestedvt: the guest CPU requires %s" % feature)
     hooking.write_domxml(domxml)
 

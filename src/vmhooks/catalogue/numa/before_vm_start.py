@@ -11,16 +11,10 @@ import os
 import re
 
 import hooking
+import vmhooks_catalogue
 
 MODES = ("interleave", "strict", "preferred")
 NODESET = re.compile(r"(\^?[0-9]+|[0-9]+-[0-9]+)(,(\^?[0-9]+|[0-9]+-[0-9]+))*\Z")
-
-
-def child(parent, tag):
-    for node in parent.childNodes:
-        if node.nodeType == node.ELEMENT_NODE and node.tagName == tag:
-            return node
-    return None
 
 
 def parse(value):
@@ -41,22 +35,14 @@ def main():
         hooking.exit_hook("numa: invalid value %r: %s" % (value, problem), 1)
     domxml = hooking.read_domxml()
     domain = domxml.documentElement
-    numatune = child(domain, "numatune")
-    if numatune is not None and child(numatune, "memory") is not None:
+    numatune = vmhooks_catalogue.child(domain, "numatune")
+    if numatune is not None and vmhooks_catalogue.child(numatune, "memory") is not None:
         hooking.log("numa: <numatune> already has a <memory> policy, doing nothing")
         return
     if numatune is None:
         numatune = domxml.createElement("numatune")
-        anchor = child(domain, "cputune")
-        if anchor is None:
-            anchor = child(domain, "vcpu")
-        if anchor is not None and anchor.nextSibling is not None:
-            domain.insertBefore(numatune, anchor.nextSibling)
-        else:
-            domain.appendChild(numatune)
-    memory = domxml.createElement("memory")
-    memory.setAttribute("mode", mode)
-    memory.setAttribute("nodeset", nodeset)
+        vmhooks_catalogue.insert_after_first(domain, numatune, ("cputune", "vcpu"))
+    memory = vmhooks_catalogue.element(domxml, "memory", {"mode": mode, "nodeset": nodeset})
     numatune.insertBefore(memory, numatune.firstChild)
     hooking.log("numa: memory policy %s on nodes %s" % (mode, nodeset))
     hooking.write_domxml(domxml)

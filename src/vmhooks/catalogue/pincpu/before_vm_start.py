@@ -12,6 +12,7 @@ import os
 import re
 
 import hooking
+import vmhooks_catalogue
 
 CPUSET = re.compile(r"(\^?[0-9]+|[0-9]+-[0-9]+)(,(\^?[0-9]+|[0-9]+-[0-9]+))*\Z")
 
@@ -36,10 +37,9 @@ def main():
         hooking.exit_hook("pincpu: invalid value %r: %s" % (cpuset, problem), 1)
     domxml = hooking.read_domxml()
     domain = domxml.documentElement
-    vcpus = [n for n in domain.childNodes if n.nodeType == n.ELEMENT_NODE and n.tagName == "vcpu"]
-    if not vcpus:
+    vcpu = vmhooks_catalogue.child(domain, "vcpu")
+    if vcpu is None:
         hooking.exit_hook("pincpu: the domain has no <vcpu> element", 1)
-    vcpu = vcpus[0]
     if vcpu.hasAttribute("cpuset"):
         hooking.log("pincpu: <vcpu> already has cpuset=%r, doing nothing" % vcpu.getAttribute("cpuset"))
         return

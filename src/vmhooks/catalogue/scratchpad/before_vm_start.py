@@ -23,28 +23,10 @@ import re
 import shutil
 
 import hooking
+import vmhooks_catalogue
 
 ITEM = re.compile(r"([0-9]+[bkKMGT]?),(/[^,:]+)\Z")
 MARK = ".vmhooks-scratchpad"
-
-
-def elements(parent, tag):
-    return [node for node in parent.childNodes
-            if node.nodeType == node.ELEMENT_NODE and node.tagName == tag]
-
-
-def text_of(parent, tag):
-    found = elements(parent, tag)
-    return found[0].firstChild.data.strip() if found and found[0].firstChild else ""
-
-
-def disk_name(prefix, index):
-    suffix = ""
-    index += 1
-    while index:
-        index, rest = divmod(index - 1, 26)
-        suffix = chr(ord("a") + rest) + suffix
-    return prefix + suffix
 
 
 def parse(value):
@@ -90,6 +72,16 @@ def create(qemu_img, size, path, vm_id):
         raise OSError("qemu-img create %s %s failed (exit %d): %s" % (path, size, rc, message))
 
 
+def make_disk(doc, path, name):
+    element = vmhooks_catalogue.element
+    return element(doc, "disk", {"type": "file", "device": "disk", "snapshot": "no"}, [
+        element(doc, "driver", {"name": "qemu", "type": "qcow2", "cache": "writeback",
+                                "error_policy": "stop"}),
+        element(doc, "source", {"file": path}),
+        element(doc, "target", {"dev": name, "bus": "virtio"}),
+    ])
+
+
 def main():
     value = os.environ.get("scratchpad")
     if value is None:
@@ -104,13 +96,12 @@ def main():
                           "(Debian/Ubuntu: qemu-utils, EL/Fedora: qemu-img)", 1)
     domxml = hooking.read_domxml()
     domain = domxml.documentElement
-    vm_id = os.environ.get("vmId") or text_of(domain, "uuid")
+    vm_id = os.environ.get("vmId") or vmhooks_catalogue.text_of(domain, "uuid")
     if not vm_id:
         hooking.exit_hook("scratchpad: no vmId and no <uuid>: cannot mark the images", 1)
-    devices = elements(domain, "devices")
-    if not devices:
+    devices = vmhooks_catalogue.child(domain, "devices")
+    if devices is None:
         hooking.exit_hook("scratchpad: the domain has no <devices>", 1)
-    devices = devices[0]
     for _, path in disks:
         if not os.path.isdir(os.path.dirname(path)):
             hooking.exit_hook("scratchpad: directory %s does not exist" % os.path.dirname(path), 1)
@@ -127,34 +118,11 @@ def main():
         for path in created:
             remove(path)
         hooking.exit_hook("scratchpad: %s" % exc, 1)
-    disk_elements = elements(devices, "disk")
-    anchor = disk_elements[-1].nextSibling if disk_elements else None
-    used = set()
-    for disk in disk_elements:
-        for target in elements(disk, "target"):
-            used.add(target.getAttribute("dev"))
-    index = 0
+    names = vmhooks_catalogue.free_disk_names(
+        "vd", vmhooks_catalogue.target_devs(vmhooks_catalogue.elements(devices, "disk")))
     for size, path in disks:
-        while disk_name("vd", index) in used:
-            index += 1
-        name = disk_name("vd", index)
-        used.add(name)
-        disk = domxml.createElement("disk")
-        disk.setAttribute("type", "file")
-        disk.setAttribute("device", "disk")
-        disk.setAttribute("snapshot", "no")
-        driver = domxml.createElement("driver")
-        for attribute, text in (("name", "qemu"), ("type", "qcow2"), ("cache", "writeback"),
-                                ("error_policy", "stop")):
-            driver.setAttribute(attribute, text)
-        source = domxml.createElement("source")
-        source.setAttribute("file", path)
-        target = domxml.createElement("target")
-        target.setAttribute("dev", name)
-        target.setAttribute("bus", "virtio")
-        for element in (driver, source, target):
-            disk.appendChild(element)
-        devices.insertBefore(disk, anchor)
+        name = next(names)
+        vmhooks_catalogue.insert_disk(devices, make_disk(domxml, path, name))
         hooking.log("scratchpad: %s scratch disk %s attached as %s" % (size, path, name))
     hooking.write_domxml(domxml)
 

@@ -10,23 +10,21 @@ A VM that already has a <smartcard> is left alone.
 import os
 
 import hooking
+import vmhooks_catalogue
 
 
 def main():
     if not hooking.tobool(os.environ.get("smartcard")):
         return
     domxml = hooking.read_domxml()
-    devices = [node for node in domxml.documentElement.childNodes
-               if node.nodeType == node.ELEMENT_NODE and node.tagName == "devices"]
-    if not devices:
+    devices = vmhooks_catalogue.child(domxml.documentElement, "devices")
+    if devices is None:
         hooking.exit_hook("smartcard: the domain has no <devices>", 1)
-    if devices[0].getElementsByTagName("smartcard"):
+    if devices.getElementsByTagName("smartcard"):
         hooking.log("smartcard: the VM already has a smart card, doing nothing")
         return
-    smartcard = domxml.createElement("smartcard")
-    smartcard.setAttribute("mode", "passthrough")
-    smartcard.setAttribute("type", "spicevmc")
-    devices[0].appendChild(smartcard)
+    smartcard = vmhooks_catalogue.element(domxml, "smartcard", {"mode": "passthrough", "type": "spicevmc"})
+    devices.appendChild(smartcard)
     hooking.log("smartcard: added a passthrough smart card (spicevmc)")
     hooking.write_domxml(domxml)
 

@@ -16,16 +16,13 @@ import os
 import re
 
 import hooking
+import vmhooks_catalogue
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
 BIOS_ENTRIES = ("vendor", "version", "date", "release")
 
 
-def child(parent, tag):
-    for node in parent.childNodes:
-        if node.nodeType == node.ELEMENT_NODE and node.tagName == tag:
-            return node
-    return None
+child = vmhooks_catalogue.child
 
 
 def set_entry(doc, sysinfo, block_tag, name, text):

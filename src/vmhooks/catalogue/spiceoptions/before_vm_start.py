@@ -17,6 +17,7 @@ import ast
 import os
 
 import hooking
+import vmhooks_catalogue
 
 ELEMENTS = ("image", "jpeg", "zlib", "playback", "streaming", "clipboard", "mouse",
             "filetransfer", "gl")
@@ -61,14 +62,7 @@ def main():
         return
     for graphics in spice:
         for element, attributes in options.items():
-            node = None
-            for candidate in graphics.childNodes:
-                if candidate.nodeType == candidate.ELEMENT_NODE and candidate.tagName == element:
-                    node = candidate
-                    break
-            if node is None:
-                node = domxml.createElement(element)
-                graphics.appendChild(node)
+            node = vmhooks_catalogue.ensure_child(domxml, graphics, element)
             for name, item in attributes.items():
                 node.setAttribute(name, str(item))
     hooking.log("spiceoptions: set %s" % ", ".join(

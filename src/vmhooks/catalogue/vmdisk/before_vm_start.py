@@ -15,22 +15,9 @@ relative path or a format other than qcow2 or raw: exit 1, nothing changed.
 import os
 
 import hooking
+import vmhooks_catalogue
 
 FORMATS = ("qcow2", "raw")
-
-
-def elements(parent, tag):
-    return [node for node in parent.childNodes
-            if node.nodeType == node.ELEMENT_NODE and node.tagName == tag]
-
-
-def disk_name(prefix, index):
-    suffix = ""
-    index += 1
-    while index:
-        index, rest = divmod(index - 1, 26)
-        suffix = chr(ord("a") + rest) + suffix
-    return prefix + suffix
 
 
 def parse(value):
@@ -45,6 +32,15 @@ def parse(value):
     return images
 
 
+def make_disk(doc, path, fmt, name):
+    element = vmhooks_catalogue.element
+    return element(doc, "disk", {"type": "file", "device": "disk"}, [
+        element(doc, "driver", {"name": "qemu", "type": fmt, "cache": "none"}),
+        element(doc, "source", {"file": path}),
+        element(doc, "target", {"dev": name, "bus": "virtio"}),
+    ])
+
+
 def main():
     value = os.environ.get("vmdisk")
     if value is None:
@@ -54,44 +50,20 @@ def main():
     except ValueError as exc:
         hooking.exit_hook("vmdisk: invalid value %r: %s" % (value, exc), 1)
     domxml = hooking.read_domxml()
-    domain = domxml.documentElement
-    devices = elements(domain, "devices")
-    if not devices:
+    devices = vmhooks_catalogue.child(domxml.documentElement, "devices")
+    if devices is None:
         hooking.exit_hook("vmdisk: the domain has no <devices>", 1)
-    devices = devices[0]
-    disks = elements(devices, "disk")
-    anchor = disks[-1].nextSibling if disks else None
-    used, attached = set(), set()
-    for disk in disks:
-        for target in elements(disk, "target"):
-            used.add(target.getAttribute("dev"))
-        for source in elements(disk, "source"):
-            attached.add(source.getAttribute("file"))
-    index, added = 0, []
+    disks = vmhooks_catalogue.elements(devices, "disk")
+    names = vmhooks_catalogue.free_disk_names("vd", vmhooks_catalogue.target_devs(disks))
+    attached = vmhooks_catalogue.source_values(disks, "file")
+    added = []
     for path, fmt in images:
         if path in attached:
             hooking.log("vmdisk: %s is already attached, skipped" % path)
             continue
-        while disk_name("vd", index) in used:
-            index += 1
-        name = disk_name("vd", index)
-        used.add(name)
+        name = next(names)
         attached.add(path)
-        disk = domxml.createElement("disk")
-        disk.setAttribute("type", "file")
-        disk.setAttribute("device", "disk")
-        driver = domxml.createElement("driver")
-        driver.setAttribute("name", "qemu")
-        driver.setAttribute("type", fmt)
-        driver.setAttribute("cache", "none")
-        source = domxml.createElement("source")
-        source.setAttribute("file", path)
-        target = domxml.createElement("target")
-        target.setAttribute("dev", name)
-        target.setAttribute("bus", "virtio")
-        for element in (driver, source, target):
-            disk.appendChild(element)
-        devices.insertBefore(disk, anchor)
+        vmhooks_catalogue.insert_disk(devices, make_disk(domxml, path, fmt, name))
         added.append("%s as %s (%s)" % (path, name, fmt))
     if added:
         hooking.log("vmdisk: attached %s" % ", ".join(added))
