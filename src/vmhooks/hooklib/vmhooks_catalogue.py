@@ -2,8 +2,8 @@
 the domain XML (a minidom Document), free disk target names, boot orders,
 the network of a vNIC.
 
-Standard library and xml.dom.minidom only. This is not part of the VDSM
-`hooking` API: catalogue hooks `import vmhooks_catalogue`, found because the
+Standard library, xml.dom.minidom and its sibling `hooking` only. This is
+not part of the VDSM `hooking` API: catalogue hooks `import vmhooks_catalogue`, found because the
 vmhooks runner appends this directory to the hooks' PYTHONPATH.
 """
 from __future__ import annotations
@@ -13,7 +13,10 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
+    from typing import TypeVar
     from xml.dom.minidom import Document, Element, Node
+
+    Parsed = TypeVar("Parsed")
 
 # The order given to a boot order that is not a number: after every real one.
 UNKNOWN_BOOT_ORDER = 1 << 30
@@ -26,6 +29,37 @@ OS_BOOT_DEVICES = {
     "fd": ("disk", ("floppy",)),
     "network": ("interface", None),
 }
+
+
+# --- the property, and where the hook works -----------------------------------
+
+
+def property_or_exit(name: str, parse: Callable[[str], Parsed]) -> Parsed | None:
+    """Custom property `name` (also the hook's name) parsed by `parse`; None
+    when it is not set. A value `parse` refuses (ValueError) ends the hook
+    with exit 1 and one line naming the value."""
+    import os
+
+    import hooking
+
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except ValueError as exc:
+        hooking.exit_hook("%s: invalid value %r: %s" % (name, value, exc), 1)
+        raise  # not reached: exit_hook exits
+
+
+def devices_or_exit(hook: str, doc: Document) -> Element:
+    """The domain's <devices>; a domain without one ends the hook with exit 1."""
+    import hooking
+
+    devices = child(doc.documentElement, "devices")
+    if devices is None:
+        hooking.exit_hook("%s: the domain has no <devices>" % hook, 1)
+    return devices
 
 
 # --- finding and building elements ------------------------------------------

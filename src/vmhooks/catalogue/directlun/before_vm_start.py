@@ -50,17 +50,11 @@ def make_disk(doc, path, name, readonly):
 
 
 def main():
-    value = os.environ.get("directlun")
-    if value is None:
+    luns = vmhooks_catalogue.property_or_exit("directlun", parse)
+    if luns is None:
         return
-    try:
-        luns = parse(value)
-    except ValueError as exc:
-        hooking.exit_hook("directlun: invalid value %r: %s" % (value, exc), 1)
     domxml = hooking.read_domxml()
-    devices = vmhooks_catalogue.child(domxml.documentElement, "devices")
-    if devices is None:
-        hooking.exit_hook("directlun: the domain has no <devices>", 1)
+    devices = vmhooks_catalogue.devices_or_exit("directlun", domxml)
     disks = vmhooks_catalogue.elements(devices, "disk")
     names = vmhooks_catalogue.free_disk_names("vd", vmhooks_catalogue.target_devs(disks))
     attached = vmhooks_catalogue.source_values(disks, "dev")

@@ -25,9 +25,7 @@ def main():
     if not path.startswith("/"):
         hooking.exit_hook("floppy: invalid value %r: expected the absolute path of an image" % path, 1)
     domxml = hooking.read_domxml()
-    devices = vmhooks_catalogue.child(domxml.documentElement, "devices")
-    if devices is None:
-        hooking.exit_hook("floppy: the domain has no <devices>", 1)
+    devices = vmhooks_catalogue.devices_or_exit("floppy", domxml)
     disks = vmhooks_catalogue.elements(devices, "disk")
     floppies = [disk for disk in disks if disk.getAttribute("device") == "floppy"]
     if path in vmhooks_catalogue.source_values(floppies, "file"):

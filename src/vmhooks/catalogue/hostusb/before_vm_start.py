@@ -14,7 +14,6 @@ A device already passed through is skipped. A malformed id: exit 1, nothing
 changed. The device must be plugged in when the VM starts (libvirt refuses
 to start it otherwise); a device local to the host blocks migration.
 """
-import os
 import re
 
 import hooking
@@ -49,17 +48,11 @@ def present(devices):
 
 
 def main():
-    value = os.environ.get("hostusb")
-    if value is None:
+    ids = vmhooks_catalogue.property_or_exit("hostusb", parse)
+    if ids is None:
         return
-    try:
-        ids = parse(value)
-    except ValueError as exc:
-        hooking.exit_hook("hostusb: invalid value %r: %s" % (value, exc), 1)
     domxml = hooking.read_domxml()
-    devices = vmhooks_catalogue.child(domxml.documentElement, "devices")
-    if devices is None:
-        hooking.exit_hook("hostusb: the domain has no <devices>", 1)
+    devices = vmhooks_catalogue.devices_or_exit("hostusb", domxml)
     already = present(devices)
     added = []
     for vendor, product in ids:

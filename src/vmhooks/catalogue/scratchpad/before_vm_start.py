@@ -83,13 +83,9 @@ def make_disk(doc, path, name):
 
 
 def main():
-    value = os.environ.get("scratchpad")
-    if value is None:
+    disks = vmhooks_catalogue.property_or_exit("scratchpad", parse)
+    if disks is None:
         return
-    try:
-        disks = parse(value)
-    except ValueError as exc:
-        hooking.exit_hook("scratchpad: invalid value %r: %s" % (value, exc), 1)
     qemu_img = shutil.which("qemu-img")
     if qemu_img is None:
         hooking.exit_hook("scratchpad: qemu-img not found in PATH: install it "
@@ -99,9 +95,7 @@ def main():
     vm_id = os.environ.get("vmId") or vmhooks_catalogue.text_of(domain, "uuid")
     if not vm_id:
         hooking.exit_hook("scratchpad: no vmId and no <uuid>: cannot mark the images", 1)
-    devices = vmhooks_catalogue.child(domain, "devices")
-    if devices is None:
-        hooking.exit_hook("scratchpad: the domain has no <devices>", 1)
+    devices = vmhooks_catalogue.devices_or_exit("scratchpad", domxml)
     for _, path in disks:
         if not os.path.isdir(os.path.dirname(path)):
             hooking.exit_hook("scratchpad: directory %s does not exist" % os.path.dirname(path), 1)

@@ -17,9 +17,7 @@ def main():
     if not hooking.tobool(os.environ.get("smartcard")):
         return
     domxml = hooking.read_domxml()
-    devices = vmhooks_catalogue.child(domxml.documentElement, "devices")
-    if devices is None:
-        hooking.exit_hook("smartcard: the domain has no <devices>", 1)
+    devices = vmhooks_catalogue.devices_or_exit("smartcard", domxml)
     if devices.getElementsByTagName("smartcard"):
         hooking.log("smartcard: the VM already has a smart card, doing nothing")
         return

@@ -12,7 +12,6 @@ and <os><smbios mode='sysinfo'/> are added when missing. A malformed value:
 exit 1, nothing changed.
 """
 import ast
-import os
 import re
 
 import hooking
@@ -75,13 +74,9 @@ def split_dicts(value):
 
 
 def main():
-    value = os.environ.get("smbios")
-    if value is None:
+    entries = vmhooks_catalogue.property_or_exit("smbios", parse)
+    if entries is None:
         return
-    try:
-        entries = parse(value)
-    except ValueError as exc:
-        hooking.exit_hook("smbios: invalid value %r: %s" % (value, exc), 1)
     domxml = hooking.read_domxml()
     domain = domxml.documentElement
     sysinfo = None

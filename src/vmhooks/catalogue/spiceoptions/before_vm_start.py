@@ -14,7 +14,6 @@ filetransfer and gl; other names are added too, with a note. No SPICE
 graphics: nothing to do. A malformed value: exit 1.
 """
 import ast
-import os
 
 import hooking
 import vmhooks_catalogue
@@ -44,13 +43,9 @@ def parse(value):
 
 
 def main():
-    value = os.environ.get("spiceoptions")
-    if value is None:
+    options = vmhooks_catalogue.property_or_exit("spiceoptions", parse)
+    if options is None:
         return
-    try:
-        options = parse(value)
-    except ValueError as exc:
-        hooking.exit_hook("spiceoptions: invalid value %r: %s" % (value, exc), 1)
     unknown = [element for element in options if element not in ELEMENTS]
     if unknown:
         hooking.log("spiceoptions: note: libvirt may not know <%s>" % ">, <".join(unknown))

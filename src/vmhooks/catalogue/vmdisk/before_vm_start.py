@@ -12,7 +12,6 @@ vmdisk=/images/a.img:qcow2,/images/b.img:raw adds, per image,
 on the first free vdX names. An image already attached is skipped. A
 relative path or a format other than qcow2 or raw: exit 1, nothing changed.
 """
-import os
 
 import hooking
 import vmhooks_catalogue
@@ -42,17 +41,11 @@ def make_disk(doc, path, fmt, name):
 
 
 def main():
-    value = os.environ.get("vmdisk")
-    if value is None:
+    images = vmhooks_catalogue.property_or_exit("vmdisk", parse)
+    if images is None:
         return
-    try:
-        images = parse(value)
-    except ValueError as exc:
-        hooking.exit_hook("vmdisk: invalid value %r: %s" % (value, exc), 1)
     domxml = hooking.read_domxml()
-    devices = vmhooks_catalogue.child(domxml.documentElement, "devices")
-    if devices is None:
-        hooking.exit_hook("vmdisk: the domain has no <devices>", 1)
+    devices = vmhooks_catalogue.devices_or_exit("vmdisk", domxml)
     disks = vmhooks_catalogue.elements(devices, "disk")
     names = vmhooks_catalogue.free_disk_names("vd", vmhooks_catalogue.target_devs(disks))
     attached = vmhooks_catalogue.source_values(disks, "file")
