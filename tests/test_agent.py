@@ -11,7 +11,7 @@ import libvirt
 import pytest
 from agentproc import domain_xml, trace_hooks, traced
 
-from vmhooks.agent.core import Agent
+from vmhooks.agent import Agent
 from vmhooks.config import AgentSettings
 from vmhooks.errors import HookError, NoSuchVmError, UsageError, WrongStateError
 

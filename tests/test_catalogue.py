@@ -1,5 +1,5 @@
 """The catalogue's management: manifests, install/uninstall, the property
-rules of installed hooks (properties.load_rules), and `vmhooks catalogue`."""
+rules of installed hooks (composed with properties.combine), and `vmhooks catalogue`."""
 from __future__ import annotations
 
 import ast
@@ -20,8 +20,14 @@ from vmhooks.cli import main
 from vmhooks.commands.hooks_check import check_tree
 from vmhooks.errors import InvalidEnvironmentError, VmhooksError
 from vmhooks.points import get_point
-from vmhooks.properties import load_rules
+from vmhooks.properties import combine, parse_user_defined
 from vmhooks.runner import RunnerConfig, run_chain
+
+
+def load_rules(hooks_dir, admin_spec):
+    """What the agent and `hooks run` compose: installed rules, then the admin's."""
+    return combine(catalogue.installed_property_rules(hooks_dir), parse_user_defined(admin_spec))
+
 
 EXPECTED = {
     "allocate_net", "boot_hostdev", "cantmigrate", "cpuflags", "diskunmap", "directlun", "extnet",

@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from vmhooks.agent.core import DEVICE_OPERATIONS, Agent
+from vmhooks.agent import DEVICE_OPERATIONS, Agent
 from vmhooks.config import AgentSettings, split_address
 from vmhooks.errors import HookError, UsageError, VmhooksError
 

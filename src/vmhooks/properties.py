@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 from vmhooks.errors import InvalidEnvironmentError
 
@@ -15,10 +14,10 @@ PropertyRules = Mapping[str, "re.Pattern[str]"]
 _DEFINITION_SEPARATOR = re.compile(r";(?=\s*[A-Za-z_][A-Za-z0-9_]*=)")
 
 
-def parse_user_defined(spec: str) -> dict[str, re.Pattern[str]]:
+def parse_user_defined(spec: str | None) -> dict[str, re.Pattern[str]]:
     """`pincpu=^[0-9,^-]+$;cantmigrate=^.*$` -> {name: compiled regex}."""
     rules: dict[str, re.Pattern[str]] = {}
-    for definition in _DEFINITION_SEPARATOR.split(spec.strip().rstrip(";")):
+    for definition in _DEFINITION_SEPARATOR.split((spec or "").strip().rstrip(";")):
         if not definition.strip():
             continue
         name, sep, regex = definition.strip().partition("=")
@@ -51,17 +50,14 @@ def check(values: Mapping[str, object] | None, rules: PropertyRules, origin: str
     return tuple(warnings)
 
 
-def load_rules(hooks_dir: Path, admin_spec: str | None) -> dict[str, re.Pattern[str]] | None:
-    """The rules to check custom properties with: those declared by the
-    catalogue hooks installed under `hooks_dir`, then the admin's own
-    definitions (`name=regex;name=regex`, oVirt's UserDefinedVMProperties
-    form), which win for a name both declare.
+def combine(*sources: Mapping[str, re.Pattern[str]]) -> dict[str, re.Pattern[str]] | None:
+    """The rules to check custom properties with, later sources winning for
+    a name several declare: callers pass the installed catalogue hooks'
+    rules, then the admin's own (`parse_user_defined`).
 
     None when nothing is declared at all: values go unchecked and no
     "undeclared property" warnings are made on hosts that use no rules."""
-    from vmhooks.catalogue import installed_property_rules  # the catalogue imports this module
-
-    rules: dict[str, re.Pattern[str]] = dict(installed_property_rules(hooks_dir))
-    if admin_spec and admin_spec.strip():
-        rules.update(parse_user_defined(admin_spec))
+    rules: dict[str, re.Pattern[str]] = {}
+    for source in sources:
+        rules.update(source)
     return rules or None

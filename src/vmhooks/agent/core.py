@@ -27,7 +27,7 @@ import libvirt
 from vmhooks import __version__, discovery, environment, properties
 from vmhooks.agent import domxml
 from vmhooks.agent import libvirtconn as lv
-from vmhooks.catalogue import RECORD_DIR_NAME
+from vmhooks.catalogue import RECORD_DIR_NAME, installed_property_rules
 from vmhooks.client import Client, client_tls_context
 from vmhooks.config import AgentSettings, port_range, split_address
 from vmhooks.errors import HookError, LibvirtError, NoSuchVmError, UsageError, VmhooksError, WrongStateError
@@ -252,7 +252,10 @@ class Agent:
             stamp = None
         cached = self._rules_cache
         if cached is None or cached[0] != stamp:
-            cached = (stamp, properties.load_rules(self.settings.hooks_dir, self.settings.properties))
+            rules = properties.combine(
+                installed_property_rules(self.settings.hooks_dir), properties.parse_user_defined(self.settings.properties)
+            )
+            cached = (stamp, rules)
             self._rules_cache = cached
         return cached[1]
 

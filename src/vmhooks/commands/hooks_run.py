@@ -11,7 +11,8 @@ from typing import Any
 from vmhooks.commands.common import add_hooks_dir, hooks_dir, name_values, read_input
 from vmhooks.errors import UsageError
 from vmhooks.points import HookPoint, Payload, Scope, get_point
-from vmhooks.properties import load_rules
+from vmhooks import properties
+from vmhooks.catalogue import installed_property_rules
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain
 
 
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     vm_id = args.vm_id
     if vm_id is None and point.scope is not Scope.HOST and point.payload is Payload.DOMAIN:
         vm_id = _domain_uuid(payload)
-    rules = load_rules(hooks_dir(args), args.properties)
+    rules = properties.combine(installed_property_rules(hooks_dir(args)), properties.parse_user_defined(args.properties))
     config = RunnerConfig(hooks_dir(args), allow_unsafe=args.allow_unsafe, property_rules=rules)
     result = run_chain(
         point.name,

@@ -65,7 +65,7 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmhooks.agent.core import Agent
+    from vmhooks.agent import Agent
     from vmhooks.api import make_servers
 
     logging.basicConfig(
