@@ -12,6 +12,7 @@ import pytest
 from agentproc import domain_xml, trace_hooks, traced
 
 from vmhooks.agent import Agent
+from vmhooks.agent.events import handle_event
 from vmhooks.config import AgentSettings
 from vmhooks.errors import HookError, NoSuchVmError, UsageError, WrongStateError
 
@@ -142,7 +143,7 @@ def test_destination_adopts_a_migrated_vm_the_source_never_finished(agent, hooks
     # The source died after libvirt migrated the VM: libvirt's event is all the
     # destination hears. (The test driver cannot migrate: the VM "arrives" by
     # being started behind the agent's back, and the event is handed in.)
-    monkeypatch.setattr(agent, "migration_finish_grace", 0.2)
+    monkeypatch.setattr(agent.context, "migration_finish_grace", 0.2)
     log = tmp_path / "trace.log"
     trace_hooks(hooks_dir, ["before_vm_migrate_destination", "after_vm_migrate_destination"], log)
     vm_id = str(uuid.uuid4())
@@ -150,7 +151,7 @@ def test_destination_adopts_a_migrated_vm_the_source_never_finished(agent, hooks
     agent.migrationCreate(vm_id, xml)
     assert agent.list_vms()[0]["status"] == "incoming"
     agent.conn.createXML(xml, 0)
-    agent._handle_event(vm_id, libvirt.VIR_DOMAIN_EVENT_RESUMED, libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED)
+    handle_event(agent.context, vm_id, libvirt.VIR_DOMAIN_EVENT_RESUMED, libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED)
     wait_for(lambda: [r["operation"] for r in agent.history(vm_id, "after_vm_migrate_destination")] == ["event"])
     assert traced(log, vm_id) == ["before_vm_migrate_destination", "after_vm_migrate_destination"]
     assert agent.list_vms()[0]["status"] == "up"
@@ -180,7 +181,7 @@ def test_incoming_vm_that_never_arrives_is_dropped(agent):
     ],
 )
 def test_a_destination_offer_is_checked(change, refusal):
-    from vmhooks.agent.core import _check_offer
+    from vmhooks.agent.migration import check_offer
     from vmhooks.store import VmRecord
 
     vm_id = str(uuid.uuid4())
@@ -191,13 +192,13 @@ def test_a_destination_offer_is_checked(change, refusal):
         "migrationUri": "tcp://10.213.0.2:49152",
         "listenAddress": "10.213.0.2",
     }
-    _check_offer(good, vm)
+    check_offer(good, vm)
     with pytest.raises(WrongStateError, match=refusal):
-        _check_offer({**good, **change}, vm)
+        check_offer({**good, **change}, vm)
 
 
 def test_an_announced_migration_that_never_arrives_expires(agent, monkeypatch):
-    monkeypatch.setattr(agent, "incoming_timeout", 0.2)
+    monkeypatch.setattr(agent.context, "incoming_timeout", 0.2)
     vm_id = str(uuid.uuid4())
     agent.migrationCreate(vm_id, domain_xml(f"ghost-{vm_id[:8]}", vm_id))
     assert agent.list_vms()[0]["status"] == "incoming"
@@ -222,7 +223,7 @@ def test_a_vm_that_runs_here_is_adopted_even_if_the_source_says_failed(agent, ho
 def test_migrating_to_itself_is_refused_not_deadlocked(agent):
     vm_id = str(uuid.uuid4())
     agent.create(domain_xml(f"self-{vm_id[:8]}", vm_id))
-    with agent._lock_for(vm_id):  # what a migration holds while it asks the destination
+    with agent.context.registry.locked(vm_id):  # what a migration holds while it asks the destination
         outcome: list[BaseException] = []
         worker = threading.Thread(target=lambda: _capture(outcome, agent.migrationCreate, vm_id, domain_xml("x", vm_id)))
         worker.start()
@@ -233,11 +234,11 @@ def test_migrating_to_itself_is_refused_not_deadlocked(agent):
 
 
 def test_unknown_vm_ids_leave_no_trace(agent):
-    before = len(agent._locks)
+    before = agent.context.registry.lock_count()
     for _ in range(100):
         with pytest.raises(NoSuchVmError):
             agent.getStats(str(uuid.uuid4()))
-    assert len(agent._locks) == before
+    assert agent.context.registry.lock_count() == before
 
 
 def _capture(outcome: list, function, *args) -> None:

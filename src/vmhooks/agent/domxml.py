@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 
 from vmhooks.errors import UsageError
 
@@ -80,6 +81,30 @@ def find_device(root: ET.Element, key: str) -> ET.Element | None:
         if key.lower() in device_keys(device):
             return device
     return None
+
+
+def device_index(root: ET.Element) -> dict[str, ET.Element]:
+    """Every name (alias, MAC, target dev) of every device, to its element:
+    built once per request, so looking up many devices stays linear."""
+    index: dict[str, ET.Element] = {}
+    devices = root.find("devices")
+    for device in devices if devices is not None else ():
+        for key in device_keys(device):
+            index.setdefault(key, device)  # the first device of that name, as find_device
+    return index
+
+
+def custom_devices(xml: str, device_custom: Mapping[str, Mapping[str, str]]) -> list[tuple[dict[str, str], str]]:
+    """(properties, device XML) of each device of `xml` that has custom properties."""
+    if not device_custom:
+        return []
+    index = device_index(parse_domain(xml))
+    found = []
+    for key, props in device_custom.items():
+        device = index.get(key)
+        if device is not None:
+            found.append((dict(props), to_string(device)))
+    return found
 
 
 def find_same_device(root: ET.Element, device: ET.Element) -> ET.Element | None:

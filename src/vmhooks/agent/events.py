@@ -1,0 +1,107 @@
+"""What happens to VMs without an operation of ours: libvirt's lifecycle
+events (a VM that stops or pauses by itself still gets its after hooks) and
+recovery at start (re-attach to what libvirt still runs, after_vm_destroy
+for what stopped while the agent was away)."""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import libvirt
+
+from vmhooks.agent import libvirtconn as lv
+from vmhooks.agent import migration
+from vmhooks.agent.context import AgentContext
+from vmhooks.agent.registry import RUNNING
+
+log = logging.getLogger("vmhooks.agent")
+
+
+class LifecycleEvents:
+    """libvirt's lifecycle events, handed from libvirt's event thread to a
+    small pool so that thread never blocks."""
+
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vm-events")
+        self._callback_id: int | None = None
+
+    def subscribe(self) -> None:
+        self._callback_id = self.ctx.conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_event, None
+        )
+
+    def close(self) -> None:
+        """Finish the events in hand, then stop listening."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._callback_id is not None and self.ctx.connected:
+            try:
+                self.ctx.conn.domainEventDeregisterAny(self._callback_id)
+            except libvirt.libvirtError:
+                pass
+            self._callback_id = None
+
+    def _on_event(self, _conn: object, domain: libvirt.virDomain, event: int, detail: int, _opaque: object) -> None:
+        # Runs in libvirt's event thread: never block it, hand the work over.
+        try:
+            self._pool.submit(handle_event, self.ctx, domain.UUIDString(), event, detail)
+        except RuntimeError:
+            pass  # shutting down
+
+
+def handle_event(ctx: AgentContext, vm_id: str, event: int, detail: int) -> None:
+    """A VM that stopped or paused by itself still gets its after hooks; our
+    own operations hold the VM lock and have updated the status first."""
+    registry, hooks = ctx.registry, ctx.hooks
+    try:
+        with registry.locked(vm_id):
+            vm = registry.get(vm_id)
+            if vm is not None and vm.status == "incoming" and event == libvirt.VIR_DOMAIN_EVENT_RESUMED:
+                # The source normally calls migrationFinish at once; wait for
+                # it a while, then adopt the VM ourselves.
+                ctx.schedule(ctx.migration_finish_grace, migration.adopt_if_still_incoming, ctx, vm_id)
+            if vm is None or vm.status not in RUNNING:
+                return
+            domain = ctx.lookup(vm_id)
+            if event == libvirt.VIR_DOMAIN_EVENT_STOPPED and not lv.is_active(domain):
+                log.info("VM %s (%s) stopped by itself", vm.vm_id, vm.name)
+                registry.forget(vm_id)
+                hooks.vm("event", "after_vm_destroy", vm.xml, vm)
+            elif event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED and vm.status == "up" and domain is not None:
+                if lv.status_of(domain) == "paused":
+                    live = domain.XMLDesc(0)
+                    vm = registry.update(vm, status="paused", xml=live)
+                    hooks.vm("event", "after_vm_pause", live, vm)
+            elif event == libvirt.VIR_DOMAIN_EVENT_RESUMED and vm.status == "paused" and domain is not None:
+                if lv.status_of(domain) == "up":
+                    registry.update(vm, status="up")
+    except Exception:  # an event must never kill the worker
+        log.exception("handling a libvirt event for VM %s", vm_id)
+
+
+def recover(ctx: AgentContext) -> None:
+    """Re-attach to the VMs libvirt still runs; a VM that stopped while we
+    were away still gets its after_vm_destroy."""
+    registry = ctx.registry
+    for vm in registry.load():
+        if vm.status == "hibernated":
+            if vm.save_path and Path(vm.save_path).exists():
+                continue
+            log.warning("VM %s: hibernation image %s is gone", vm.vm_id, vm.save_path)
+            registry.forget(vm.vm_id)
+            continue
+        domain = ctx.lookup(vm.vm_id)
+        if lv.is_active(domain):
+            assert domain is not None
+            registry.update(vm, status=lv.status_of(domain), xml=domain.XMLDesc(0))
+            log.info("VM %s (%s): re-attached", vm.vm_id, vm.name)
+        elif vm.status in ("starting", "incoming"):
+            registry.forget(vm.vm_id)  # it never started here: no hook to run
+        elif vm.status == "migrating":
+            log.warning("VM %s (%s) was migrating when the agent stopped: it is no longer here", vm.vm_id, vm.name)
+            registry.forget(vm.vm_id)
+        else:
+            log.info("VM %s (%s): stopped while the agent was away", vm.vm_id, vm.name)
+            registry.forget(vm.vm_id)
+            ctx.hooks.vm("recover", "after_vm_destroy", vm.xml, vm)

@@ -1,0 +1,107 @@
+"""The agent's calls into the runner: one recorded chain per hook point, with
+the runner configuration and the property rules the agent's settings make."""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from vmhooks import environment, properties
+from vmhooks.catalogue import RECORD_DIR_NAME, installed_property_rules
+from vmhooks.config import AgentSettings
+from vmhooks.runner import ChainResult, RunnerConfig, run_chain
+from vmhooks.store import Store, VmRecord
+
+log = logging.getLogger("vmhooks.agent")
+
+PRUNE_EVERY = 1000  # chains recorded between two prunings of old history
+
+
+class HookCalls:
+    def __init__(self, settings: AgentSettings, store: Store, payload_dir: Path) -> None:
+        self.settings = settings
+        self.store = store
+        self.payload_dir = payload_dir
+        self._chains_recorded = itertools.count(1)
+        self._base_env = dict(os.environ)  # one snapshot: copying os.environ per chain costs
+        self._rules_cache: tuple[int | None, properties.PropertyRules | None] | None = None
+        self.property_rules()  # a bad --properties spec fails the start, not the first VM
+
+    def runner_config(self) -> RunnerConfig:
+        settings = self.settings
+        return RunnerConfig(
+            hooks_dir=settings.hooks_dir,
+            timeout=settings.hook_timeout,
+            timeouts=settings.hook_timeouts,
+            allow_unsafe=settings.allow_unsafe_hooks,
+            work_dir=self.payload_dir,
+            run_dir=settings.run_dir,
+            base_env=self._base_env,
+            property_rules=self.property_rules(),
+        )
+
+    def property_rules(self) -> properties.PropertyRules | None:
+        """Installed hooks' and the admin's rules, re-read only when an
+        install or uninstall changed the catalogue's records."""
+        try:
+            stamp: int | None = (self.settings.hooks_dir / RECORD_DIR_NAME).stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        cached = self._rules_cache
+        if cached is None or cached[0] != stamp:
+            rules = properties.combine(
+                installed_property_rules(self.settings.hooks_dir), properties.parse_user_defined(self.settings.properties)
+            )
+            cached = self._rules_cache = (stamp, rules)
+        return cached[1]
+
+    def check_custom(self, values: object, origin: str) -> dict[str, str]:
+        """Names, values and declared regexes, checked before anything runs."""
+        checked = environment.validated(values, origin)  # type: ignore[arg-type]
+        rules = self.property_rules()
+        if rules is not None:
+            properties.check(checked, rules, origin)
+        return checked
+
+    def prune_history(self) -> None:
+        gone = self.store.prune(time.time() - self.settings.history_days * 86400)
+        if gone:
+            log.info("forgot %d hook chains older than %g days", gone, self.settings.history_days)
+
+    # -- one chain -------------------------------------------------------------
+
+    def run(
+        self,
+        operation: str,
+        point: str,
+        payload: Any,
+        vm_id: str | None,
+        custom: Mapping[str, str] | None,
+        params: Mapping[str, object] | None = None,
+    ) -> ChainResult:
+        """One chain, recorded in the history; raises HookError where it aborts."""
+        result = run_chain(point, payload, self.runner_config(), params=params, custom=custom, vm_id=vm_id)
+        self.store.record_chain(operation, vm_id, result)
+        if result.scripts and next(self._chains_recorded) % PRUNE_EVERY == 0:
+            self.prune_history()
+        if result.failed:
+            log.warning("%s", result.error_message())
+        result.raise_if_aborting()
+        return result
+
+    def host(self, operation: str, point: str, payload: Any) -> ChainResult:
+        return self.run(operation, point, payload, None, None)
+
+    def vm(
+        self, operation: str, point: str, payload: Any, vm: VmRecord, params: Mapping[str, object] | None = None
+    ) -> ChainResult:
+        return self.run(operation, point, payload, vm.vm_id, vm.custom, params)
+
+    def device(
+        self, operation: str, point: str, device_xml: str, vm: VmRecord, custom: Mapping[str, str]
+    ) -> ChainResult:
+        return self.run(operation, point, device_xml, vm.vm_id, custom)

@@ -1,0 +1,113 @@
+"""The VMs the agent runs: their records, in memory and in SQLite, and one
+lock per VM that serialises the operations on it.
+
+A record is written to SQLite before memory changes, so a write that fails
+(disk full) leaves both as they were. A VM's lock lives only while the VM
+is known or someone holds or waits for it: ids that come and go leave
+nothing behind.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from vmhooks.agent import domxml
+from vmhooks.errors import NoSuchVmError, WrongStateError
+from vmhooks.store import Store, VmRecord
+
+RUNNING = frozenset({"up", "paused"})
+
+
+class _VmLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.users = 0  # threads holding or waiting for it
+
+
+class Registry:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._vms: dict[str, VmRecord] = {}
+        self._locks: dict[str, _VmLock] = {}
+        self._guard = threading.Lock()
+
+    def load(self) -> list[VmRecord]:
+        """Take the records SQLite kept from the last run."""
+        records = self.store.vms()
+        self._vms.update((vm.vm_id, vm) for vm in records)
+        return records
+
+    # -- locking -------------------------------------------------------------
+
+    @contextmanager
+    def locked(self, vm_id: str, blocking: bool = True) -> Iterator[None]:
+        """Hold `vm_id`'s lock; with blocking=False, WrongStateError when busy."""
+        with self._guard:
+            entry = self._locks.get(vm_id)
+            if entry is None:
+                entry = self._locks[vm_id] = _VmLock()
+            entry.users += 1
+        try:
+            if not entry.lock.acquire(blocking=blocking):
+                raise WrongStateError(f"VM {vm_id} is busy on this host")
+            try:
+                yield
+            finally:
+                entry.lock.release()
+        finally:
+            with self._guard:
+                entry.users -= 1
+                if entry.users == 0 and vm_id not in self._vms:
+                    del self._locks[vm_id]
+
+    @contextmanager
+    def vm(self, vm_id: object, allowed: frozenset[str] | None = None) -> Iterator[VmRecord]:
+        """Hold the VM's lock for the whole operation and yield its record."""
+        key = domxml.normalise_uuid(vm_id)
+        if key not in self._vms:  # no lock is made for ids we never had
+            raise NoSuchVmError(f"no VM with id {key}")
+        with self.locked(key):
+            vm = self._vms.get(key)
+            if vm is None:
+                raise NoSuchVmError(f"no VM with id {key}")
+            if allowed is not None and vm.status not in allowed:
+                raise WrongStateError(f"VM {vm.name} ({key}) is {vm.status}")
+            yield vm
+
+    # -- records -------------------------------------------------------------
+
+    def get(self, vm_id: str) -> VmRecord | None:
+        return self._vms.get(vm_id)
+
+    def __contains__(self, vm_id: object) -> bool:
+        return vm_id in self._vms
+
+    def all(self) -> list[VmRecord]:
+        """A snapshot: other threads add and remove VMs meanwhile."""
+        return list(self._vms.values())
+
+    def put(self, vm: VmRecord) -> VmRecord:
+        self.store.put_vm(vm)  # first: a failed write changes nothing
+        self._vms[vm.vm_id] = vm
+        return vm
+
+    def update(self, vm: VmRecord, **changes: Any) -> VmRecord:
+        return self.put(vm._replace(**changes))
+
+    def forget(self, vm_id: str) -> None:
+        self.store.delete_vm(vm_id)
+        self._vms.pop(vm_id, None)
+
+    def lock_count(self) -> int:
+        """Locks alive now (for tests and leak checks)."""
+        with self._guard:
+            return len(self._locks)
+
+
+def summary(vm: VmRecord) -> dict[str, Any]:
+    """What the API says of a VM."""
+    return {"vmId": vm.vm_id, "name": vm.name, "status": vm.status, "custom": vm.custom}
