@@ -88,3 +88,22 @@ def make_hook(hooks_dir: Path) -> MakeHook:
         return path
 
     return make
+
+
+@pytest.fixture
+def agent(tmp_path: Path, hooks_dir: Path):
+    """An agent in-process on libvirt's test driver, started and stopped."""
+    from vmhooks.agent import Agent
+    from vmhooks.config import AgentSettings
+
+    settings = AgentSettings(
+        libvirt_uri="test:///default",
+        hooks_dir=hooks_dir,
+        state_dir=tmp_path / "state",
+        run_dir=tmp_path / "run",
+        hook_timeout=10,
+    )
+    instance = Agent(settings)
+    instance.start()
+    yield instance
+    instance.stop()

@@ -17,21 +17,6 @@ from vmhooks.config import AgentSettings
 from vmhooks.errors import HookError, NoSuchVmError, UsageError, WrongStateError
 
 
-@pytest.fixture
-def agent(tmp_path: Path, hooks_dir: Path):
-    settings = AgentSettings(
-        libvirt_uri="test:///default",
-        hooks_dir=hooks_dir,
-        state_dir=tmp_path / "state",
-        run_dir=tmp_path / "run",
-        hook_timeout=10,
-    )
-    instance = Agent(settings)
-    instance.start()
-    yield instance
-    instance.stop()
-
-
 def wait_for(condition, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

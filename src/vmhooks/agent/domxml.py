@@ -46,21 +46,35 @@ def normalise_uuid(value: object, what: str = "vmId") -> str:
         raise UsageError(f"{what} {value!r} is not a UUID") from None
 
 
-def ensure_uuid(root: ET.Element, vm_id: str | None) -> str:
-    """The domain's UUID, reconciled with a requested vmId (added when absent)."""
-    existing, _ = identity(root)
-    if existing is not None:
-        existing = normalise_uuid(existing, "the domain's <uuid>")
+def ensure_uuid(root: ET.Element, vm_id: str | None) -> tuple[str, bool]:
+    """The domain's UUID reconciled with a requested vmId, and whether the
+    XML was rewritten for it.
+
+    Afterwards the XML carries exactly one <uuid>, in canonical form, so the
+    agent, the hooks and libvirt all see the same one: a missing or blank
+    <uuid> is filled in (libvirt would otherwise pick a random one of its
+    own), a non-canonical one is rewritten."""
+    elements = root.findall("uuid")
+    if len(elements) > 1 or len(root.findall("name")) > 1:
+        raise UsageError("domain XML has more than one <uuid> or <name>")
+    text = (elements[0].text or "").strip() if elements else ""
+    existing = normalise_uuid(text, "the domain's <uuid>") if text else None
     if vm_id is not None:
         vm_id = normalise_uuid(vm_id)
         if existing is not None and existing != vm_id:
             raise UsageError(f"vmId {vm_id} differs from the domain's <uuid> {existing}")
     chosen = vm_id or existing or str(uuidlib.uuid4())
-    if existing is None:
+    if elements and elements[0].text == chosen:
+        return chosen, False
+    if elements:
+        element = elements[0]
+    else:
         element = ET.Element("uuid")
-        element.text = chosen
+        name = root.find("name")
+        element.tail = name.tail if name is not None else None  # the same indentation
         root.insert(1, element)
-    return chosen
+    element.text = chosen
+    return chosen, True
 
 
 def device_keys(device: ET.Element) -> set[str]:

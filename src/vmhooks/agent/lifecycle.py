@@ -42,8 +42,7 @@ def create(
     launch_paused: bool = False,
 ) -> dict[str, Any]:
     root = domxml.parse_domain(xml)
-    rewritten = root.find("uuid") is None
-    vm_id = domxml.ensure_uuid(root, vm_id)
+    vm_id, rewritten = domxml.ensure_uuid(root, vm_id)
     _, name = domxml.identity(root)
     if not name:
         raise UsageError("domain XML has no <name>")
@@ -51,8 +50,9 @@ def create(
     checked_devices: dict[str, dict[str, str]] = {}
     if device_custom is not None and not isinstance(device_custom, Mapping):
         raise UsageError("deviceCustom must map a device (alias, MAC or target dev) to properties")
+    devices = domxml.device_index(root)
     for key, props in (device_custom or {}).items():
-        if domxml.find_device(root, str(key)) is None:
+        if str(key).lower() not in devices:
             raise UsageError(f"deviceCustom: no device with alias, MAC or target {key!r} in the XML")
         checked_devices[str(key).lower()] = ctx.hooks.check_custom(props, "device custom property")
 
@@ -80,12 +80,14 @@ def create(
 
 def _start(ctx: AgentContext, vm: VmRecord, root: Any, xml: str | None, paused: bool) -> libvirt.virDomain:
     """before_device_create per custom device -> before_vm_start -> libvirt."""
+    devices = domxml.device_index(root)
     for key, props in vm.device_custom.items():
-        device = domxml.find_device(root, key)
-        assert device is not None
+        device = devices[key]
         result = ctx.hooks.device("create", "before_device_create", domxml.to_string(device), vm, props)
         if result.changed:
-            domxml.replace_device(root, device, domxml.parse(result.payload, "device XML"))
+            new = domxml.parse(result.payload, "device XML")
+            domxml.replace_device(root, device, new)
+            devices.update(dict.fromkeys(domxml.device_keys(device), new))
     _write_launch_flags(ctx, vm.vm_id, libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
     result = ctx.hooks.vm("create", "before_vm_start", xml or domxml.to_string(root), vm)
     flags = _read_launch_flags(ctx, vm.vm_id)

@@ -152,7 +152,9 @@ def migration_create(
     """Destination side, before libvirt migrates: run the destination hooks
     and say where and with which XML to migrate."""
     root = domxml.parse_domain(xml)
-    vm_id = domxml.ensure_uuid(root, vm_id)
+    vm_id, rewritten = domxml.ensure_uuid(root, vm_id)
+    if rewritten:
+        xml = domxml.to_string(root)
     _, name = domxml.identity(root)
     vm_custom = ctx.hooks.check_custom(custom, "custom property")
     checked_devices = {
