@@ -54,7 +54,7 @@ def test_errors_are_one_line(agent, tmp_path):
     assert refused.stderr.count("\n") == 1
     assert "50_guard failed (exit 2, chain stopped)" in refused.stderr and "forbidden" in refused.stderr
     missing = vmhooks(agent, "vm", "pause", "no-such-vm")
-    assert missing.returncode == 2 and missing.stderr.strip() == "vmhooks: no VM named 'no-such-vm'"
+    assert missing.returncode == 2 and missing.stderr.strip() == "vmhooks: no VM named 'no-such-vm' or with a UUID starting with it"
     unreadable = vmhooks(agent, "vm", "create", str(tmp_path / "absent.xml"))
     assert unreadable.returncode == 2 and "cannot read domain XML" in unreadable.stderr
 
@@ -72,3 +72,20 @@ def test_no_agent_is_one_clear_line(tmp_path):
     result = subprocess.run([*VMHOOKS, "vm", "list", "--socket", str(tmp_path / "none.sock")], capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.startswith("vmhooks: no agent at") and result.stderr.count("\n") == 1
+
+
+def test_match_vm_by_uuid_name_or_prefix():
+    from vmhooks.commands.common import match_vm
+    from vmhooks.errors import UsageError
+
+    vms = [("3573e29e-5de9-468a-9fae-16050c6b3dcc", "web"), ("3573e29e-0000-468a-9fae-16050c6b3dcc", "db"),
+           ("8b1f0c7e-5de9-468a-9fae-16050c6b3dcc", "web2")]
+    assert match_vm("web", vms) == vms[0][0]
+    assert match_vm("8b1f0c7e", vms) == vms[2][0]
+    assert match_vm("3573E29E-5DE9-468A-9FAE-16050C6B3DCC", vms) == vms[0][0]
+    with pytest.raises(UsageError, match="could be 2 VMs: .*3573e29e-0000.*3573e29e-5de9"):
+        match_vm("3573e29e", vms)
+    with pytest.raises(UsageError, match="at least 8 characters"):
+        match_vm("8b1f", vms)
+    with pytest.raises(UsageError, match="no VM named 'nope'"):
+        match_vm("nope", vms)

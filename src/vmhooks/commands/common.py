@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from vmhooks.client import Client
@@ -73,3 +75,27 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells
     )
+
+
+MIN_UUID_PREFIX = 8
+
+
+def match_vm(query: str, candidates: Iterable[tuple[str, str]]) -> str:
+    """The vmId that `query` names among (vmId, name) pairs: a full UUID, a
+    name, or a unique UUID prefix of at least 8 characters. An ambiguous or
+    unknown query is one error line listing what it could mean."""
+    try:
+        return str(uuid.UUID(query))
+    except ValueError:
+        pass
+    pairs = sorted(set(candidates))
+    found = {vm_id for vm_id, name in pairs if name == query}
+    if not found and len(query) >= MIN_UUID_PREFIX:
+        found = {vm_id for vm_id, _ in pairs if vm_id.startswith(query.lower())}
+    if len(found) == 1:
+        return found.pop()
+    if not found:
+        hint = f" (a UUID prefix needs at least {MIN_UUID_PREFIX} characters)" if len(query) < MIN_UUID_PREFIX else ""
+        raise UsageError(f"no VM named {query!r} or with a UUID starting with it{hint}")
+    listed = ", ".join(f"{vm_id} ({name})" for vm_id, name in pairs if vm_id in found)
+    raise UsageError(f"{query!r} could be {len(found)} VMs: {listed}; give more of the UUID")

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from vmhooks.client import Client
-from vmhooks.commands.common import add_client_options, client, name_values, print_json, read_input, table
+from vmhooks.commands.common import add_client_options, client, match_vm, name_values, print_json, read_input, table
 from vmhooks.errors import UsageError
 
 # action -> (API method, help): the actions that take just a VM.
@@ -54,17 +54,12 @@ def register(subparsers: Any) -> None:
 
 
 def resolve(agent: Client, vm: str) -> str:
-    """A VM's UUID from its UUID or its name."""
+    """A VM's UUID from its UUID, its name or a unique UUID prefix."""
     try:
         return str(uuid.UUID(vm))
     except ValueError:
         pass
-    matches = [item["vmId"] for item in agent.call("VM.list") if item["name"] == vm]
-    if not matches:
-        raise UsageError(f"no VM named {vm!r}")
-    if len(matches) > 1:
-        raise UsageError(f"{len(matches)} VMs are named {vm!r}: use the UUID")
-    return matches[0]
+    return match_vm(vm, ((item["vmId"], item["name"]) for item in agent.call("VM.list")))
 
 
 def run_create(args: argparse.Namespace) -> int:
