@@ -60,7 +60,8 @@ def _fields(message: object) -> dict[str, tuple[int, int, bool]]:
 
 @pytest.mark.parametrize("module", MESSAGES, ids=lambda module: module.__name__.rsplit(".", 1)[-1])
 def test_messages_are_kubevirts(module: object) -> None:
-    declared = {name: _fields(getattr(module, name)) for name in module.DESCRIPTOR.message_types_by_name}  # type: ignore[attr-defined]
+    names = module.DESCRIPTOR.message_types_by_name  # type: ignore[attr-defined]
+    declared = {name: _fields(getattr(module, name)) for name in names}
     assert declared == MESSAGES[module]
 
 

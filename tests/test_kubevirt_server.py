@@ -21,7 +21,7 @@ import libvirt
 import pytest
 
 from conftest import MakeHook
-from sidecarproc import DOMAIN_XML, VMI_JSON, Launcher, SidecarProcess, vmi_json
+from sidecarproc import Launcher, SidecarProcess, vmi_json
 from vmhooks.cli import main as cli
 from vmhooks.kubevirt.server import ANSWER_MARGIN, call_deadline
 

@@ -49,7 +49,10 @@ def _vmi_with(annotations: Any) -> bytes:
         (_vmi_with({"vmhooks.io/custom": '{"a b": "1"}'}), "is not an identifier"),
         (_vmi_with({"vmhooks.io/custom": '{"_hook_domxml": "/etc/passwd"}'}), "is reserved"),
         (_vmi_with({"vmhooks.io/custom": '{"a": [1]}'}), "must be a string, not list"),
-        (_vmi_with({"vmhooks.io/deviceCustom": '{"vda": {"BASH_ENV": "x"}}'}), "vmhooks.io/deviceCustom 'vda': device custom property name 'BASH_ENV' is reserved"),
+        (
+            _vmi_with({"vmhooks.io/deviceCustom": '{"vda": {"BASH_ENV": "x"}}'}),
+            "vmhooks.io/deviceCustom 'vda': device custom property name 'BASH_ENV' is reserved",
+        ),
         (_vmi_with({"vmhooks.io/deviceCustom": '["vda"]'}), "annotation vmhooks.io/deviceCustom is not a JSON object"),
         (_vmi_with({"vmhooks.io/custom": json.dumps({"big": "x" * (40 << 10)})}), "over 32 KiB"),
     ],

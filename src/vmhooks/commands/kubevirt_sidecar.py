@@ -37,7 +37,8 @@ def register(subparsers: Any) -> None:
                         help="seconds per hook script (default: %(default)s; a call's hooks also end "
                         "in time to answer within virt-launcher's minute)")
     parser.add_argument("--properties", metavar="RULES",
-                        help="custom property rules, name=regex;name=regex (with those of the installed catalogue hooks)")
+                        help="custom property rules, name=regex;name=regex "
+                        "(with those of the installed catalogue hooks)")
     parser.add_argument("--socket-mode", type=_octal, default=0o600, metavar="MODE",
                         help="the socket's mode, octal (default: 0600: only virt-launcher's user)")
     parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -63,11 +64,14 @@ def run(args: argparse.Namespace) -> int:
     socket_path = args.socket_dir / f"{args.name}.sock"
     if len(str(socket_path).encode()) >= MAX_SOCKET_PATH:
         raise UsageError(f"socket path {socket_path} is longer than a Unix socket allows ({MAX_SOCKET_PATH - 1} bytes)")
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:  # the extra may be missing: say which, in one line
         from vmhooks.kubevirt.server import serve
     except Exception as exc:  # noqa: BLE001 (ImportError, or stubs newer than the installed grpcio/protobuf)
-        raise VmhooksError(f"kubevirt-sidecar needs the kubevirt extra (pip install 'vmhooks[kubevirt]'): {exc}") from None
+        extra = "pip install 'vmhooks[kubevirt]'"
+        raise VmhooksError(f"kubevirt-sidecar needs the kubevirt extra ({extra}): {exc}") from None
     settings = SidecarSettings(
         hooks_dir=hooks_dir(args),
         socket_dir=args.socket_dir,

@@ -79,7 +79,9 @@ class CallbacksServicer:
 
     def OnDefineDomain(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         xml = self._call(
-            context, "OnDefineDomain", lambda deadline: self.sidecar.define_domain(request.domainXML, request.vmi, deadline)
+            context,
+            "OnDefineDomain",
+            lambda deadline: self.sidecar.define_domain(request.domainXML, request.vmi, deadline),
         )
         return self.messages.OnDefineDomainResult(domainXML=xml)
 
@@ -110,7 +112,8 @@ class CallbacksServicer:
             context.abort(code, f"vmhooks: {exc}")
         except Exception as exc:  # a bug of ours: one line to virt-launcher, the traceback to stderr
             log.exception("%s failed", call)
-            self.emit({"level": "error", "msg": f"{call} failed: internal error: {exc!r}", "call": call, "code": "INTERNAL"})
+            msg = f"{call} failed: internal error: {exc!r}"
+            self.emit({"level": "error", "msg": msg, "call": call, "code": "INTERNAL"})
             context.abort(grpc.StatusCode.INTERNAL, f"vmhooks: internal error in {call}: {exc!r}")
         self.emit({"msg": f"{call} answered", "call": call, "ms": round((time.monotonic() - started) * 1000, 1)})
         return answer

@@ -113,7 +113,8 @@ class Sidecar:
         devices = self._custom_devices(root, vmi)
         edited = False
         for device, props in devices:
-            result = self._chain("OnDefineDomain", "before_device_create", domxml.to_string(device), vmi, props, deadline)
+            device_xml = domxml.to_string(device)
+            result = self._chain("OnDefineDomain", "before_device_create", device_xml, vmi, props, deadline)
             if result.changed:
                 domxml.replace_device(root, device, domxml.parse(result.payload, "device XML"))
                 edited = True
@@ -179,13 +180,16 @@ class Sidecar:
         return dict(values)
 
     def _custom_devices(self, root: Any, vmi: Vmi) -> list[tuple[Any, dict[str, str]]]:
+        """(device element, checked properties) for each device the annotation names."""
+        index = domxml.device_index(root)
         found: list[tuple[Any, dict[str, str]]] = []
         named: dict[int, str] = {}
         for key, props in vmi.device_custom.items():
             where = f"{DEVICE_ANNOTATION} {key!r}"
-            device = domxml.find_device(root, key)
+            device = index.get(key.lower())
             if device is None:
-                raise UsageError(f"{where}: no device with that alias, MAC or target dev in the domain XML{_alias_hint(root, key)}")
+                hint = _alias_hint(index, key)
+                raise UsageError(f"{where}: no device with that alias, MAC or target dev in the domain XML{hint}")
             if id(device) in named:
                 raise UsageError(f"{where}: names the same device as {named[id(device)]!r}")
             named[id(device)] = key
@@ -207,7 +211,8 @@ def chain_event(call: str, vmi: Vmi, result: ChainResult) -> dict[str, Any]:
     if result.failed:
         msg = result.error_message()
     else:
-        msg = f"{result.point.name}: {len(result.scripts)} script(s) ok" + (", payload changed" if result.changed else "")
+        msg = f"{result.point.name}: {len(result.scripts)} script(s) ok"
+        msg += ", payload changed" if result.changed else ""
     return {
         "level": "error" if result.aborts_operation else "warning" if result.failed else "info",
         "msg": msg,
@@ -234,10 +239,10 @@ def chain_event(call: str, vmi: Vmi, result: ChainResult) -> dict[str, Any]:
     }
 
 
-def _alias_hint(root: Any, key: str) -> str:
+def _alias_hint(index: Mapping[str, Any], key: str) -> str:
     """KubeVirt names devices `ua-<name in the VMI spec>`: say so when the
     user wrote the spec's name."""
-    if not key.lower().startswith("ua-") and domxml.find_device(root, f"ua-{key}") is not None:
+    if not key.lower().startswith("ua-") and f"ua-{key.lower()}" in index:
         return f" (KubeVirt's alias for it is 'ua-{key}')"
     return ""
 
