@@ -380,7 +380,7 @@ def test_stdout_is_json_lines_only(make_hook: MakeHook, sidecar: SidecarProcess)
 def test_missing_grpc_is_one_clear_line(tmp_path: Path) -> None:
     code = "import sys; sys.modules['grpc'] = None; from vmhooks.cli import main; sys.exit(main(sys.argv[1:]))"
     result = subprocess.run(
-        [sys.executable, "-c", code, "kubevirt-sidecar", "--socket-dir", str(tmp_path)],
+        [sys.executable, "-c", code, "kubevirt-sidecar", "--hooks-dir", str(tmp_path), "--socket-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 1

@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--name {args.name!r}: letters, digits, '.', '_', '-', at most 63, not starting with a sign")
     if not args.hook_timeout > 0:
         raise UsageError("--hook-timeout must be a positive number of seconds")
+    if not hooks_dir(args).is_dir():  # a volume that did not mount: say so rather than run nothing
+        raise UsageError(f"hooks directory {hooks_dir(args)} does not exist")
     socket_path = args.socket_dir / f"{args.name}.sock"
     if len(str(socket_path).encode()) >= MAX_SOCKET_PATH:
         raise UsageError(f"socket path {socket_path} is longer than a Unix socket allows ({MAX_SOCKET_PATH - 1} bytes)")

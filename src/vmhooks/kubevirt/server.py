@@ -175,7 +175,10 @@ def serve(settings: SidecarSettings, emit: Emit | None = None) -> int:
     server: grpc.Server | None = None
     identity: tuple[int, int] | None = None
     try:
-        settings.socket_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            settings.socket_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise VmhooksError(f"cannot make the socket directory {settings.socket_dir}: {exc.strerror}") from None
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="kubevirt-call"))
         info_pb2_grpc.add_InfoServicer_to_server(InfoServicer(settings.name), server)
         for messages, add in (

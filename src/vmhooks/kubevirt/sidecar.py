@@ -10,6 +10,7 @@ raises UsageError before any hook runs."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -19,7 +20,7 @@ from typing import Any, NamedTuple, TextIO
 
 from vmhooks import domxml, properties
 from vmhooks.catalogue import installed_property_rules
-from vmhooks.errors import InvalidEnvironmentError, UsageError
+from vmhooks.errors import InvalidEnvironmentError, UsageError, VmhooksError
 from vmhooks.kubevirt.vmi import CUSTOM_ANNOTATION, DEVICE_ANNOTATION, Vmi, json_object, parse_vmi
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain, stderr_summary
 from vmhooks.store import Store, VmRecord
@@ -83,8 +84,11 @@ class Sidecar:
         self.rules = properties.combine(
             installed_property_rules(settings.hooks_dir), properties.parse_user_defined(settings.properties)
         )
-        settings.state_path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.store = Store(settings.state_path / "vmhooks.db")
+        try:
+            settings.state_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.store = Store(settings.state_path / "vmhooks.db")
+        except (OSError, sqlite3.Error) as exc:
+            raise VmhooksError(f"cannot keep the hook history in {settings.state_path}: {exc}") from None
         self.config = RunnerConfig(
             hooks_dir=settings.hooks_dir,
             timeout=settings.hook_timeout,
