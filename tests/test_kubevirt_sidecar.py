@@ -249,7 +249,7 @@ def test_cloud_init_from_an_old_launcher_edits_the_nocloud_source(
 
 def test_cloud_init_hook_must_leave_an_object(make_hook: MakeHook, make_sidecar: Callable[..., Sidecar]) -> None:
     make_hook("before_cloudinit_iso", "50_list", 'echo "[1]" > "$_hook_json"\n')
-    with pytest.raises(UsageError, match="left a JSON list, not an object"):
+    with pytest.raises(HookError, match="left a JSON list, not an object"):
         make_sidecar().pre_cloud_init_iso(json.dumps(CLOUD_INIT).encode(), b"{}", VMI_JSON, later())
 
 

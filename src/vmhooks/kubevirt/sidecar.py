@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, TextIO
 
 from vmhooks import domxml, properties
 from vmhooks.catalogue import installed_property_rules
-from vmhooks.errors import InvalidEnvironmentError, UsageError, VmhooksError
+from vmhooks.errors import HookError, InvalidEnvironmentError, UsageError, VmhooksError
 from vmhooks.kubevirt.vmi import CUSTOM_ANNOTATION, DEVICE_ANNOTATION, Vmi, json_object, parse_vmi
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain, stderr_summary
 from vmhooks.store import Store, VmRecord
@@ -147,7 +147,8 @@ class Sidecar:
             return cloud_init_data, no_cloud_source
         edited = result.payload
         if not isinstance(edited, dict):
-            raise UsageError(f"before_cloudinit_iso: the hooks left a JSON {type(edited).__name__}, not an object")
+            kind = type(edited).__name__
+            raise HookError(f"before_cloudinit_iso: the hooks left a JSON {kind}, not an object", result)
         if legacy:
             return cloud_init_data, _dump(edited)
         # virt-launcher falls back to the NoCloud source when the data lacks
