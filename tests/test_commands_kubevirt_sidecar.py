@@ -78,3 +78,14 @@ def test_nothing_below_imports_the_kubevirt_package() -> None:
         if "vmhooks.kubevirt" in path.read_text() and "kubevirt" not in path.relative_to(package).parts[0]
     )
     assert importers == ["commands/kubevirt_sidecar.py"]
+
+
+def test_missing_grpc_is_one_clear_line(tmp_path: Path) -> None:
+    code = "import sys; sys.modules['grpc'] = None; from vmhooks.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "kubevirt-sidecar", "--hooks-dir", str(tmp_path), "--socket-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("vmhooks: kubevirt-sidecar needs the kubevirt extra (pip install 'vmhooks[kubevirt]')")
+    assert len(result.stderr.strip().splitlines()) == 1
