@@ -66,18 +66,20 @@ def measure(n: int, repeat: int, root: Path) -> dict[str, float]:
         launcher.info()
         return time.perf_counter() - started
 
-    sidecar(), limit()  # warm-up
     pairs = []
-    for i in range(repeat):
-        if i % 2:
-            b = limit()
-            a = sidecar()
-        else:
-            a = sidecar()
-            b = limit()
-        pairs.append((a, b))
-    launcher.close()
-    process.stop()
+    try:
+        sidecar(), limit()  # warm-up
+        for i in range(repeat):
+            if i % 2:
+                b = limit()
+                a = sidecar()
+            else:
+                a = sidecar()
+                b = limit()
+            pairs.append((a, b))
+    finally:
+        launcher.close()
+        process.stop()
     sides, limits = [a for a, _ in pairs], [b for _, b in pairs]
     return {
         "sidecar": statistics.median(sides),

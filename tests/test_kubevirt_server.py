@@ -10,7 +10,7 @@ import stat
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,11 +27,24 @@ UID = "9b2c1f4e-3a6d-4e8b-9c1d-2f3e4a5b6c7d"
 
 
 @pytest.fixture
-def sidecar(tmp_path: Path, hooks_dir: Path) -> Iterator[SidecarProcess]:
-    process = SidecarProcess(tmp_path / "pod", hooks_dir)
-    yield process
-    if process.proc is not None and process.proc.poll() is None:
-        assert process.stop() == 0, process.output()
+def sidecars(tmp_path: Path, hooks_dir: Path) -> Iterator[Callable[..., SidecarProcess]]:
+    """make(*extra_args, name=...) -> a sidecar in the test's pod directory,
+    not started; every one still running is stopped afterwards, pass or fail."""
+    made: list[SidecarProcess] = []
+
+    def make(*extra: str, name: str = "vmhooks") -> SidecarProcess:
+        made.append(SidecarProcess(tmp_path / "pod", hooks_dir, *extra, name=name))
+        return made[-1]
+
+    yield make
+    for process in made:
+        if process.proc is not None and process.proc.poll() is None:
+            assert process.stop() == 0, process.output()
+
+
+@pytest.fixture
+def sidecar(sidecars: Callable[..., SidecarProcess]) -> SidecarProcess:
+    return sidecars()
 
 
 @pytest.fixture
@@ -188,10 +201,10 @@ def test_failing_hook_is_a_grpc_error_naming_script_and_stderr(
 
 
 def test_hook_timeout_is_a_grpc_error_well_within_the_minute(
-    make_hook: MakeHook, tmp_path: Path, hooks_dir: Path
+    make_hook: MakeHook, sidecars: Callable[..., SidecarProcess]
 ) -> None:
     make_hook("before_vm_start", "10_hang", "sleep 600\n")
-    process = SidecarProcess(tmp_path / "pod", hooks_dir, "--hook-timeout", "1").start()
+    process = sidecars("--hook-timeout", "1").start()
     launcher = process.launcher()
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as caught:
@@ -311,8 +324,8 @@ def test_socket_is_0600_and_removed_on_sigterm(sidecar: SidecarProcess) -> None:
     assert not sidecar.socket.exists()
 
 
-def test_socket_mode_can_be_widened(tmp_path: Path, hooks_dir: Path) -> None:
-    process = SidecarProcess(tmp_path / "pod", hooks_dir, "--socket-mode", "0660").start()
+def test_socket_mode_can_be_widened(sidecars: Callable[..., SidecarProcess]) -> None:
+    process = sidecars("--socket-mode", "0660").start()
     assert stat.S_IMODE(os.stat(process.socket).st_mode) == 0o660
     assert process.stop() == 0
 
@@ -328,9 +341,11 @@ def test_stale_socket_of_a_dead_process_is_replaced(sidecar: SidecarProcess) -> 
     launcher.close()
 
 
-def test_socket_of_a_live_process_is_an_error(tmp_path: Path, hooks_dir: Path, sidecar: SidecarProcess) -> None:
+def test_socket_of_a_live_process_is_an_error(
+    sidecars: Callable[..., SidecarProcess], sidecar: SidecarProcess
+) -> None:
     launcher = sidecar.start().launcher()
-    second = SidecarProcess(tmp_path / "pod", hooks_dir)  # same directory, same name
+    second = sidecars()  # same directory, same name
     with pytest.raises(RuntimeError, match="exited with 1"):
         second.start()
     err = second.stderr_path.read_text()
@@ -350,9 +365,9 @@ def test_something_else_at_the_socket_path_is_left_alone(sidecar: SidecarProcess
     assert "exists and is not a socket" in sidecar.stderr_path.read_text()
 
 
-def test_two_sidecars_with_their_own_names_share_the_directory(tmp_path: Path, hooks_dir: Path) -> None:
-    first = SidecarProcess(tmp_path / "pod", hooks_dir, name="vmhooks-a").start()
-    second = SidecarProcess(tmp_path / "pod", hooks_dir, name="vmhooks-b").start()
+def test_two_sidecars_with_their_own_names_share_the_directory(sidecars: Callable[..., SidecarProcess]) -> None:
+    first = sidecars(name="vmhooks-a").start()
+    second = sidecars(name="vmhooks-b").start()
     names = []
     for process in (first, second):
         client = process.launcher()
@@ -375,10 +390,10 @@ def test_stdout_is_json_lines_only(make_hook: MakeHook, sidecar: SidecarProcess)
     assert chain["scripts"][0]["stderr"] == "to-stderr"
 
 
-def test_calls_are_served_while_one_hangs(make_hook: MakeHook, tmp_path: Path, hooks_dir: Path) -> None:
+def test_calls_are_served_while_one_hangs(make_hook: MakeHook, sidecar: SidecarProcess) -> None:
     # One slow call does not hold Info (virt-launcher gives Info 1 s).
     make_hook("before_vm_start", "10_slow", "sleep 3\n")
-    process = SidecarProcess(tmp_path / "pod", hooks_dir).start()
+    process = sidecar.start()
     launcher = process.launcher()
     slow = threading.Thread(target=launcher.on_define_domain, daemon=True)
     slow.start()
