@@ -16,6 +16,7 @@ bench:
 	@sh scripts/bootstrap test
 	$(VENV)/bin/python bench/chain.py
 	$(VENV)/bin/python bench/agent.py
+	$(VENV)/bin/python bench/kubevirt.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -75,7 +75,7 @@ def test_bad_uuid_is_refused_before_anything_runs(agent, make_hook, marks):
 
 def test_device_properties_are_matched_in_linear_time(agent, monkeypatch):
     # Counted, not timed: one index per request instead of a scan per device.
-    from vmhooks.agent import domxml
+    from vmhooks import domxml  # the module itself (vmhooks.agent.domxml re-exports it)
 
     count = 400
     nics = "".join(
@@ -95,5 +95,5 @@ def test_device_properties_are_matched_in_linear_time(agent, monkeypatch):
 
     monkeypatch.setattr(domxml, "device_keys", counted)
     result = agent.create(xml, deviceCustom=device_custom)
-    assert calls <= 10 * (count + 3)  # a few passes over the devices, never count * count
+    assert count <= calls <= 10 * (count + 3)  # a few passes over the devices, never count * count
     agent.destroy(result["vmId"])

@@ -626,6 +626,29 @@ def test_per_call_timeout_wins_over_config(make_hook: MakeHook, config: Callable
     assert result.scripts[0].status is Status.TIMEOUT
 
 
+def test_deadline_bounds_the_whole_chain(make_hook: MakeHook, config: Callable[..., RunnerConfig], marks: Path) -> None:
+    # Each script alone is within its 30 s timeout; together they would not be.
+    make_hook("before_vm_start", "10_slow", "sleep 0.6\n")
+    make_hook("before_vm_start", "20_slow", "sleep 100\n")
+    make_hook("before_vm_start", "30_never", f"touch {marks}/ran\n")
+    started = time.monotonic()
+    result = run_chain("before_vm_start", "<domain/>", config(timeout=30), deadline=started + 1.2)
+    runs = by_name(result)
+    assert runs["10_slow"].status is Status.OK
+    assert runs["20_slow"].status is Status.TIMEOUT  # cut to the ~0.6 s left
+    assert "30_never" not in runs and not (marks / "ran").exists()
+    assert time.monotonic() - started < 5
+    assert result.aborts_operation
+
+
+def test_no_script_starts_after_the_deadline(make_hook: MakeHook, config: Callable[..., RunnerConfig], marks: Path) -> None:
+    make_hook("before_vm_start", "10_touch", f"touch {marks}/ran\n")
+    result = run_chain("before_vm_start", "<domain/>", config(), deadline=time.monotonic() - 1)
+    assert not (marks / "ran").exists()
+    assert [(run.name, run.status, run.rc) for run in result.scripts] == [("10_touch", Status.TIMEOUT, None)]
+    assert "deadline" in result.error_message()
+
+
 def test_timeout_for_lookup(hooks_dir: Path) -> None:
     cfg = RunnerConfig(hooks_dir, timeout=60, timeouts={"p": 5, "p/s": 1})
     assert cfg.timeout_for("p", "s", None) == 1

@@ -32,6 +32,7 @@ class HookPoint(NamedTuple):
     output_used: bool  # the caller acts on the chain's output
     scope: Scope
     params: tuple[str, ...] = ()  # extra environment the caller provides
+    extension: bool = False  # a vmhooks point VDSM does not have (not in hook-points.md)
 
 
 D, V, J, N = Payload.DEVICE, Payload.DOMAIN, Payload.JSON, Payload.NONE
@@ -100,6 +101,9 @@ _TABLE: tuple[HookPoint, ...] = (
     HookPoint("before_get_all_vm_stats", J, True, False, H),
     HookPoint("after_get_all_vm_stats", J, False, True, H),
     HookPoint("after_hostdev_list_by_caps", J, False, True, H),
+    # vmhooks extensions. The KubeVirt sidecar's PreCloudInitIso: the
+    # cloud-init data object, edited before KubeVirt writes the ISO.
+    HookPoint("before_cloudinit_iso", J, True, True, VM, extension=True),
 )
 
 POINTS: dict[str, HookPoint] = {point.name: point for point in _TABLE}

@@ -139,12 +139,15 @@ def run_chain(
     custom: Mapping[str, object] | None = None,
     vm_id: str | None = None,
     timeout: float | None = None,
+    deadline: float | None = None,
 ) -> ChainResult:
     """Run every script of `point_name` over `payload` and return what happened.
 
     Bad input (unknown point, bad property) raises before any script runs;
     script failures are in the result (`raise_if_aborting()` turns them into a
-    HookError where the point aborts its operation).
+    HookError where the point aborts its operation). `deadline` (a
+    `time.monotonic()` value) bounds the whole chain, for callers that must
+    answer in time: each script's timeout is cut to what is left.
     """
     point = get_point(point_name)
     params, custom = validated(params, "param"), validated(custom, "custom property")
@@ -173,7 +176,9 @@ def run_chain(
         with os.fdopen(fd, "wb") as handle:
             handle.write(input_bytes)
         env["_hook_json" if point.payload is Payload.JSON else "_hook_domxml"] = str(path)
-        runs, output, rejected = _run_scripts(point, scripts, path, input_bytes, env, config, timeout, devnull)
+        runs, output, rejected = _run_scripts(
+            point, scripts, path, input_bytes, env, config, timeout, devnull, deadline
+        )
     finally:
         if devnull >= 0:
             os.close(devnull)
@@ -199,6 +204,7 @@ def _run_scripts(
     config: RunnerConfig,
     timeout: float | None,
     stdout: int = subprocess.DEVNULL,
+    deadline: float | None = None,
 ) -> tuple[tuple[ScriptRun, ...], bytes, str | None]:
     runs: list[ScriptRun] = []
     rejected: str | None = None
@@ -206,6 +212,13 @@ def _run_scripts(
     original = current
     for script in scripts:
         seconds = config.timeout_for(point.name, script.name, timeout)
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:  # the caller's time is up: later scripts do not start
+                note = "not started: the caller's deadline had passed"
+                runs.append(ScriptRun(script.name, Status.TIMEOUT, None, 0.0, "", False, "", note))
+                break
+            seconds = min(seconds, left)
         started = time.monotonic()
         outcome = _execute(script.path, env, seconds, config, stdout)
         duration = time.monotonic() - started

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vmhooks.commands import catalogue, demo, history, hooks_check, hooks_list, hooks_run, host, serve, vm
+from vmhooks.commands import catalogue, demo, history, hooks_check, hooks_list, hooks_run, host, kubevirt_sidecar, serve, vm
 
 Register = Callable[[Any], None]
 
@@ -25,4 +25,5 @@ COMMANDS: list[Register] = [
     history.register,
     host.register,
     demo.register,
+    kubevirt_sidecar.register,
 ]
