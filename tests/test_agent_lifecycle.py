@@ -75,7 +75,7 @@ def test_bad_uuid_is_refused_before_anything_runs(agent, make_hook, marks):
 
 def test_device_properties_are_matched_in_linear_time(agent, monkeypatch):
     # Counted, not timed: one index per request instead of a scan per device.
-    from vmhooks import domxml  # the module itself (vmhooks.agent.domxml re-exports it)
+    from vmhooks import domxml
 
     count = 400
     nics = "".join(

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from vmhooks import domxml
-from vmhooks.agent import domxml as agent_domxml
 
 DOMAIN_XML = (Path(__file__).resolve().parent / "data" / "kubevirt-domain.xml").read_bytes()
 
@@ -28,7 +27,3 @@ def test_replace_device_keeps_its_place_and_kubevirt_metadata_keeps_its_namespac
     text = domxml.to_string(root)
     assert 'xmlns:kubevirt="http://kubevirt.io"' in text and "<kubevirt:uid>" in text and "ns0" not in text
 
-
-def test_the_agents_name_for_the_module_still_works() -> None:
-    assert agent_domxml.find_device is domxml.find_device
-    assert agent_domxml.lock_graphics is domxml.lock_graphics

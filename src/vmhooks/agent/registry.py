@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from vmhooks.agent import domxml
+from vmhooks import domxml
 from vmhooks.errors import NoSuchVmError, WrongStateError
 from vmhooks.store import Store, VmRecord
 

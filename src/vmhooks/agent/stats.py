@@ -9,7 +9,7 @@ from typing import Any
 import libvirt
 
 from vmhooks import __version__
-from vmhooks.agent import domxml
+from vmhooks import domxml
 from vmhooks.agent import libvirtconn as lv
 from vmhooks.agent.context import AgentContext
 from vmhooks.agent.registry import RUNNING

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmhooks import discovery
-from vmhooks.agent import domxml
+from vmhooks import domxml
 from vmhooks.agent.context import AgentContext
 from vmhooks.agent.registry import RUNNING, summary
 from vmhooks.errors import UsageError
