@@ -8,7 +8,7 @@ import sys
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from vmhooks.commands.common import add_hooks_dir, hooks_dir, name_values, read_input
+from vmhooks.commands.common import add_hooks_dir, add_hooks_pythonpath, hooks_dir, hooks_pythonpath, name_values, read_input
 from vmhooks.errors import UsageError
 from vmhooks.points import HookPoint, Payload, Scope, get_point
 from vmhooks import properties
@@ -36,6 +36,8 @@ def register(subparsers: Any) -> None:
         help="admin property definitions (oVirt UserDefinedVMProperties form), checked "
         "with those of the installed catalogue hooks",
     )
+    add_hooks_pythonpath(parser)
+    parser.add_argument("--libvirt-uri", help="the libvirt URI hooks connect to (vdsm.common.libvirtconnection)")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="per-script timeout")
     parser.add_argument("--output", choices=("report", "payload", "json"), default="report")
     parser.add_argument(
@@ -53,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
     if vm_id is None and point.scope is not Scope.HOST and point.payload is Payload.DOMAIN:
         vm_id = _domain_uuid(payload)
     rules = properties.combine(installed_property_rules(hooks_dir(args)), properties.parse_user_defined(args.properties))
-    config = RunnerConfig(hooks_dir(args), allow_unsafe=args.allow_unsafe, property_rules=rules)
+    config = RunnerConfig(
+        hooks_dir(args), allow_unsafe=args.allow_unsafe, property_rules=rules,
+        hooks_pythonpath=hooks_pythonpath(args), libvirt_uri=args.libvirt_uri,
+    )  # fmt: skip
     result = run_chain(
         point.name,
         payload,
