@@ -420,3 +420,22 @@ def test_a_hook_whose_property_is_unset_passes_through(make_hook: MakeHook, hook
     with_property = run_chain("before_vm_start", seed_xml, RunnerConfig(hooks_dir), custom={"ipv4_addrs": "10.0.0.1"})
     assert with_property.aborts_operation
     assert "netinfo is not available on this host" in with_property.scripts[0].stderr
+
+
+def test_the_agent_hands_hooks_its_libvirt_uri_and_socket(tmp_path: Path, hooks_dir: Path, make_hook: MakeHook) -> None:
+    """A hook run by a real agent reaches that agent's libvirt and API."""
+    make_hook("after_get_caps", "50_probe", """
+        import hooking
+        from vdsm import client, utils
+        from vdsm.common import libvirtconnection
+        caps = hooking.read_json()
+        with utils.closing(client.connect("localhost")) as cli:
+            caps["probe"] = [libvirtconnection.get().getURI(), cli.Host.getVMList(onlyUUID=True)]
+        hooking.write_json(caps)
+    """, lang="python")
+    agent = AgentProcess(tmp_path / "agent", hooks_dir, "test:///default").start()
+    try:
+        caps = agent.client.call("Host.getCapabilities")
+    finally:
+        agent.stop()
+    assert caps["probe"] == ["test:///default", []]
