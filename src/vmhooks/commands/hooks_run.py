@@ -11,7 +11,7 @@ from typing import Any
 from vmhooks.commands.common import add_hooks_dir, add_hooks_pythonpath, hooks_dir, hooks_pythonpath, name_values, read_input
 from vmhooks.errors import UsageError
 from vmhooks.points import HookPoint, Payload, Scope, get_point
-from vmhooks import properties
+from vmhooks import metadata, properties
 from vmhooks.catalogue import installed_property_rules
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         payload,
         config,
         params=name_values(args.param, "--param"),
-        custom=name_values(args.prop, "--prop"),
+        custom=_custom(point, payload, name_values(args.prop, "--prop")),
         vm_id=vm_id,
         timeout=args.timeout,
     )
@@ -100,6 +100,13 @@ def _payload(point: HookPoint, args: argparse.Namespace) -> Any:
     except ET.ParseError as exc:
         raise UsageError(f"XML file {args.xml!r} is malformed: {exc}") from None
     return text
+
+
+def _custom(point: HookPoint, payload: Any, given: dict[str, str]) -> dict[str, object]:
+    """--prop values over those in the domain XML's Engine metadata."""
+    if point.payload is not Payload.DOMAIN or not payload:
+        return dict(given)
+    return {**metadata.read(ET.fromstring(payload)).custom, **given}
 
 
 def _domain_uuid(xml: str) -> str | None:
