@@ -90,6 +90,20 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     )
 
 
+def field_rows(data: dict[str, object], prefix: str = "") -> list[list[object]]:
+    """FIELD/VALUE rows of a VDSM-shaped report: nested maps as dotted names
+    (disks.vda.readRate), lists joined."""
+    rows: list[list[object]] = []
+    for key, value in sorted(data.items()):
+        if isinstance(value, dict):
+            rows += field_rows(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            rows.append([f"{prefix}{key}", ", ".join(str(item) for item in value)])
+        else:
+            rows.append([f"{prefix}{key}", value])
+    return rows
+
+
 MIN_UUID_PREFIX = 8
 
 
