@@ -11,6 +11,7 @@ and keys of `network` the vNICs' device names. A value libvirt cannot give
 from __future__ import annotations
 
 import os
+import platform
 import socket
 import threading
 import time
@@ -250,14 +251,9 @@ def capabilities(conn: libvirt.virConnect, host_caps: ET.Element | None) -> dict
 
 
 def _operating_system() -> dict[str, str]:
-    fields: dict[str, str] = {}
     try:
-        with open("/etc/os-release") as handle:
-            for line in handle:
-                key, sep, value = line.strip().partition("=")
-                if sep:
-                    fields[key] = value.strip('"')
+        fields = platform.freedesktop_os_release()
     except OSError:
-        pass
+        fields = {}
     return {"name": fields.get("NAME", os.uname().sysname), "version": fields.get("VERSION_ID", ""),
             "release": os.uname().release, "pretty_name": fields.get("PRETTY_NAME", "")}  # fmt: skip

@@ -74,7 +74,8 @@ def read_record(record_dir: Path) -> dict[str, str]:
     return data
 
 
-def _sha256(path: Path) -> str | None:
+def file_sha256(path: Path) -> str | None:
+    """Hex sha256 of the file; None when it does not exist."""
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except FileNotFoundError:
@@ -83,37 +84,50 @@ def _sha256(path: Path) -> str | None:
         raise VmhooksError(f"cannot read {path}: {exc.strerror}") from None
 
 
+def file_action(path: Path, digest: str, recorded: str | None, mode: int) -> tuple[str, str | None]:
+    """What writing content of `digest` at `path` would be (an Action
+    value), and the conflict it would be, if any: a file that is neither
+    the wanted content nor what was recorded as installed (`recorded`)."""
+    current = file_sha256(path)
+    if current is None:
+        return "created", None
+    if current == digest:
+        mode_ok = not path.is_symlink() and stat.S_IMODE(os.lstat(path).st_mode) == mode
+        return ("unchanged" if mode_ok else "mode fixed"), None
+    if recorded == current:
+        return "updated", None
+    why = "was modified since it was installed" if recorded is not None else "is not ours"
+    return "replaced", f"{path} {why}"
+
+
+def stale(hooks_dir: Path, recorded: Mapping[str, str], keep: set[str], label: str = "") -> tuple[list[str], list[str]]:
+    """Recorded targets not in `keep` (to remove), and the conflicts among
+    them: those modified since they were written."""
+    targets, conflicts = [], []
+    for target, digest in sorted(recorded.items()):
+        if target in keep:
+            continue
+        current = file_sha256(hooks_dir / target)
+        if current is not None and current != digest:
+            conflicts.append(f"{hooks_dir / target}{label} was modified")
+        targets.append(target)
+    return targets, conflicts
+
+
 def plan(hooks_dir: Path, record_dir: Path, scripts: Mapping[str, bytes]) -> HelperPlan:
     """What makes the helper copies match `scripts`, the catalogue scripts
     installed once the operation is done. Nothing is written here."""
     recorded = read_record(record_dir)
     files = wanted(scripts)
-    writes, removals, conflicts = [], [], []
+    writes, conflicts = [], []
     record = {}
     for target, content in sorted(files.items()):
-        path = hooks_dir / target
-        digest = hashlib.sha256(content).hexdigest()
-        current = _sha256(path)
-        record[target] = digest
-        if current is None:
-            writes.append((target, content, "created"))
-        elif current == digest:
-            mode_ok = not path.is_symlink() and stat.S_IMODE(os.lstat(path).st_mode) == HELPER_MODE
-            writes.append((target, content, "unchanged" if mode_ok else "mode fixed"))
-        elif recorded.get(target) == current:
-            writes.append((target, content, "updated"))
-        else:
-            why = "was modified since it was installed" if target in recorded else "is not ours"
-            conflicts.append(f"{path} {why}")
-            writes.append((target, content, "replaced"))
-    for target, digest in sorted(recorded.items()):
-        if target in files:
-            continue
-        current = _sha256(hooks_dir / target)
-        if current is not None and current != digest:
-            conflicts.append(f"{hooks_dir / target} was modified since it was installed")
-        removals.append(target)
-    return HelperPlan(tuple(writes), tuple(removals), tuple(conflicts), record)
+        record[target] = digest = hashlib.sha256(content).hexdigest()
+        action, conflict = file_action(hooks_dir / target, digest, recorded.get(target), HELPER_MODE)
+        writes.append((target, content, action))
+        conflicts += [conflict] if conflict else []
+    removals, modified = stale(hooks_dir, recorded, set(files), " (no longer needed)")
+    return HelperPlan(tuple(writes), tuple(removals), tuple(conflicts + modified), record)
 
 
 def installed_scripts(hooks_dir: Path, targets: Mapping[str, object]) -> dict[str, bytes]:

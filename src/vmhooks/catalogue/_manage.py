@@ -302,13 +302,8 @@ def user_defined_form(decls: Iterable[PropertyDecl]) -> str:
 # --- install / uninstall ---------------------------------------------------
 
 
-def file_sha256(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise VmhooksError(f"cannot read {path}: {exc.strerror}") from None
+file_sha256 = _helpers.file_sha256
+
 
 
 def install(names: Iterable[str], hooks_dir: Path, *, force: bool = False) -> list[FileAction]:
@@ -427,30 +422,12 @@ def _plan_install(hook: CatalogueHook, hooks_dir: Path, previous: InstalledHook 
     for script in hook.scripts:
         target = hook.target(script.point)
         source = hook.source_path(script)
-        path = hooks_dir / target
-        current = file_sha256(path)
         wanted = hashlib.sha256(source.read_bytes()).hexdigest()
-        if current is None:
-            action = Action.CREATED
-        elif current == wanted:
-            mode_ok = stat.S_IMODE(os.lstat(path).st_mode) == SCRIPT_MODE and not path.is_symlink()
-            action = Action.UNCHANGED if mode_ok else Action.MODE_FIXED
-        elif recorded.get(target) == current:
-            action = Action.UPDATED
-        else:
-            action = Action.REPLACED
-            why = "was modified since it was installed" if target in recorded else "is not ours"
-            conflicts.append(f"{path} {why}")
-        writes.append((target, source, action))
-    targets = {target for target, _, _ in writes}
-    stale = []
-    for target, digest in recorded.items():
-        if target in targets:
-            continue
-        current = file_sha256(hooks_dir / target)
-        if current is not None and current != digest:
-            conflicts.append(f"{hooks_dir / target} (no longer shipped) was modified")
-        stale.append(target)
+        action, conflict = _helpers.file_action(hooks_dir / target, wanted, recorded.get(target), SCRIPT_MODE)
+        writes.append((target, source, Action(action)))
+        conflicts += [conflict] if conflict else []
+    stale, modified = _helpers.stale(hooks_dir, recorded, {target for target, _, _ in writes}, " (no longer shipped)")
+    conflicts += modified
     return _InstallPlan(tuple(writes), tuple(stale), tuple(conflicts))
 
 

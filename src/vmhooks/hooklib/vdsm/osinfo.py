@@ -69,16 +69,13 @@ def runtime_kernel_flags() -> KernelFlags:
 
 
 def version() -> dict[str, str]:
-    """name, version, release and pretty_name from /etc/os-release."""
-    fields: dict[str, str] = {}
+    """name, version, release and pretty_name of the OS (/etc/os-release)."""
+    import platform
+
     try:
-        with open("/etc/os-release") as handle:
-            for line in handle:
-                key, sep, value = line.strip().partition("=")
-                if sep:
-                    fields[key] = value.strip().strip('"')
-    except OSError:
-        pass
+        fields = platform.freedesktop_os_release()  # Python 3.10+
+    except (OSError, AttributeError):
+        fields = {}
     names = {"debian": OSName.DEBIAN, "ubuntu": OSName.DEBIAN, "fedora": OSName.FEDORA, "rhel": OSName.RHEL}
     return {
         "release": "",
