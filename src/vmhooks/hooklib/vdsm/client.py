@@ -10,16 +10,10 @@ Standard library only; nothing is opened before the first call.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import itertools
-import json
-
 from vdsm._compat import agent_setting
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from typing import Any
 
 DEFAULT_PORT = 54321
@@ -101,7 +95,10 @@ class Namespace:
     def __getattr__(self, method_name: str) -> Any:
         if method_name.startswith("_"):
             raise AttributeError(method_name)
-        return functools.partial(self._call, self._name, method_name)
+        def call(**kwargs: Any) -> Any:
+            return self._call(self._name, method_name, **kwargs)
+
+        return call
 
 
 class _Client:
@@ -109,7 +106,7 @@ class _Client:
         self._socket_path = socket_path
         self._default_timeout = default_timeout
         self._flow_id: str | None = None
-        self._ids = itertools.count(1)
+        self._next_id = 1
 
     def __getattr__(self, namespace: str) -> Namespace:
         if namespace.startswith("_") or not namespace[:1].isupper():
@@ -134,9 +131,11 @@ class _Client:
 
     def _request(self, method: str, params: dict[str, Any], shown: dict[str, Any], timeout: float) -> Any:
         import http.client
+        import json
         import socket
 
-        body = json.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
+        request_id, self._next_id = self._next_id, self._next_id + 1
+        body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         connection = http.client.HTTPConnection("localhost", timeout=timeout)
@@ -163,10 +162,17 @@ class _Client:
     def close(self) -> None:
         """Nothing stays open between calls."""
 
-    @contextlib.contextmanager
-    def flow(self, flow_id: str) -> Iterator[None]:
-        self._flow_id = flow_id
-        try:
-            yield
-        finally:
-            self._flow_id = None
+    def flow(self, flow_id: str) -> _Flow:
+        """`with cli.flow(id):` names the calls inside (VDSM logs it; kept for its callers)."""
+        return _Flow(self, flow_id)
+
+
+class _Flow:
+    def __init__(self, client: _Client, flow_id: str) -> None:
+        self._client, self._flow_id = client, flow_id
+
+    def __enter__(self) -> None:
+        self._client._flow_id = self._flow_id
+
+    def __exit__(self, *_exc: object) -> None:
+        self._client._flow_id = None

@@ -2,7 +2,6 @@
 per process, on first use)."""
 from __future__ import annotations
 
-import re
 from collections import namedtuple
 
 from vdsm.common import cpuarch
@@ -26,6 +25,8 @@ _cached: CpuInfo | None = None
 def parse(text: str, arch: str) -> CpuInfo:
     """The fields of the first processor described (a later line of the
     same key wins until all six are known, as on VDSM)."""
+    import re
+
     fields: dict[str, object] = {}
     if cpuarch.is_ppc(arch):
         fields["flags"] = ["powernv"]
