@@ -148,7 +148,7 @@ def test_failing_before_hook_aborts_and_leaves_the_vm_as_it_was(agent, make_hook
     assert agent.call("VM.list")[0]["status"] == "up"
     assert "<domain" in agent.call("VM.getXML", vmId=vm_id)
     stats = agent.call("VM.getStats", vmId=vm_id)["statsList"][0]
-    assert stats["status"] == "up"
+    assert stats["status"] == "Up"
 
 
 def test_failing_before_vm_start_creates_nothing(agent, make_hook):
@@ -482,8 +482,8 @@ def test_all_vm_stats_go_through_their_hooks(agent, make_hook, trace_log):
     trace_log.write_text("")
     stats = {s["vmId"]: s for s in agent.call("Host.getAllVmStats")}
     assert set(stats) == {vm_a, vm_b}
-    assert stats[vm_a]["status"] == "up" and stats[vm_b]["status"] == "paused"
-    assert all(s["tagged"] is True and s["vcpuCount"] == 2 for s in stats.values())
+    assert stats[vm_a]["status"] == "Up" and stats[vm_b]["status"] == "Paused"
+    assert all(s["tagged"] is True and s["vcpuCount"] == "2" for s in stats.values())
     assert traced(trace_log) == ["before_get_all_vm_stats", "after_get_all_vm_stats"]
 
 

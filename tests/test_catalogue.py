@@ -135,6 +135,7 @@ def test_install_writes_scripts_by_point_with_mode_0755_and_a_record(hooks_dir):
         "before_vm_migrate_source/50_scratchpad": Action.CREATED,
         "after_vm_destroy/50_scratchpad": Action.CREATED,
         ".vmhooks-catalogue/scratchpad.toml": Action.CREATED,
+        "before_vm_start/vmhooks_catalogue.py": Action.CREATED,  # only that script imports it
     }
     hook = catalogue.get_hook("scratchpad")
     for script in hook.scripts:
@@ -151,7 +152,7 @@ def test_install_is_idempotent(hooks_dir):
     catalogue.install(["pincpu", "macspoof"], hooks_dir)
     again = catalogue.install(["pincpu", "macspoof"], hooks_dir)
     assert set(actions(again).values()) == {Action.UNCHANGED}
-    assert len(again) == 4  # the four scripts; the records did not change
+    assert len(again) == 7  # the four scripts and three helpers; the records did not change
 
 
 def test_install_fixes_the_mode(hooks_dir):
@@ -209,6 +210,9 @@ def test_uninstall_removes_scripts_and_record(hooks_dir):
         "before_device_create/50_macspoof": Action.REMOVED,
         "before_nic_hotplug/50_macspoof": Action.REMOVED,
         ".vmhooks-catalogue/macspoof.toml": Action.REMOVED,
+        "before_device_create/vmhooks_catalogue.py": Action.REMOVED,
+        "before_nic_hotplug/vmhooks_catalogue.py": Action.REMOVED,
+        "before_vm_start/vmhooks_catalogue.py": Action.UNCHANGED,  # pincpu still imports it
     }
     assert set(catalogue.installed(hooks_dir)) == {"pincpu"}
     assert (hooks_dir / "before_vm_start" / "50_pincpu").exists()
@@ -345,7 +349,8 @@ def test_cli_install_reports_and_uninstall(hooks_dir, capsys):
     assert main(["catalogue", "install", "pincpu", "numa", "--hooks-dir", str(hooks_dir)]) == 0
     out = capsys.readouterr().out
     assert "pincpu         created    before_vm_start/50_pincpu" in out
-    assert "4 file(s) changed" in out
+    assert "(shared)       created    before_vm_start/vmhooks_catalogue.py" in out
+    assert "5 file(s) changed" in out
     assert main(["catalogue", "install", "pincpu", "--hooks-dir", str(hooks_dir)]) == 0
     assert "unchanged" in capsys.readouterr().out
     assert main(["catalogue", "uninstall", "numa", "--hooks-dir", str(hooks_dir)]) == 0

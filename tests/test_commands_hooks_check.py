@@ -156,7 +156,8 @@ def test_py_suffix_is_checked_whatever_the_shebang(
     make_hook("before_vm_start", "10_x.py", "exit 0\n")
     path.write_text("#!/usr/bin/env interp\nprint 'x'\n")
     code, lines = check()
-    assert code == 1 and "does not compile" in lines[0]
+    assert code == 1 and any("does not compile" in line for line in lines)
+    assert f"{path}: its interpreter interp does not exist on this host" in lines
 
 
 def test_several_problems_one_line_each(
@@ -197,3 +198,104 @@ def test_real_command(make_hook: MakeHook, hooks_dir: Path) -> None:
     )
     assert done.returncode == 1
     assert done.stdout.count("\n") == 1 and "before_VM_migrate_source" in done.stdout
+
+
+# --- interpreters and imports -------------------------------------------------------
+
+
+def test_upstream_vdsm_imports_and_sibling_helpers_resolve(
+    make_hook: MakeHook, check: Callable[[], tuple[int, list[str]]]
+) -> None:
+    """What upstream hooks import (the vdsm package on the hooks' path, a
+    helper module installed beside the hook, non-executable) is no problem."""
+    helper = make_hook("after_get_stats", "site_utils.py", "PROBE = 1\n", lang="python", mode=0o644)
+    make_hook("after_get_stats", "10_site", """
+        import json
+        import xml.dom.minidom
+        import hooking
+        import site_utils
+        import vdsm.network.netconfpersistence as persist_net
+        from vdsm.common.units import GiB
+        from vdsm.storage import qemuimg
+        from vdsm.network.link.bond import Bond
+        try:
+            import not_installed_anywhere
+        except ImportError:
+            pass
+    """, lang="python")
+    assert check() == (0, [f"{helper.parent.parent}: no problems found"])
+
+
+def test_each_missing_import_is_one_line(make_hook: MakeHook, check: Callable[[], tuple[int, list[str]]]) -> None:
+    path = make_hook("before_vm_start", "10_site", """
+        import os.path
+        import not_installed_anywhere
+        from vdsm.common import units
+        from vdsm.no_such_module import thing
+        import vdsm.network.no_such_module as alias
+    """, lang="python")
+    code, lines = check()
+    assert code == 1
+    assert lines == [
+        f"{path}: import not_installed_anywhere: not found by its interpreter with the hooks' PYTHONPATH",
+        f"{path}: import vdsm.no_such_module: not found by its interpreter with the hooks' PYTHONPATH",
+        f"{path}: import vdsm.network.no_such_module: not found by its interpreter with the hooks' PYTHONPATH",
+    ]
+
+
+def test_imports_follow_the_shebangs_path_flags(make_hook: MakeHook, check: Callable[[], tuple[int, list[str]]]) -> None:
+    """`python3 -E` ignores PYTHONPATH: the hook will not find what hooklib/ holds."""
+    path = make_hook("before_vm_start", "10_isolated", "import vmhooks_catalogue\n", lang="python")
+    path.write_text(f"#!{sys.executable} -E\nimport vmhooks_catalogue\n")
+    code, lines = check()
+    assert (code, lines) == (1, [f"{path}: import vmhooks_catalogue: not found by its interpreter with the hooks' PYTHONPATH"])
+    path.write_text(f"#!{sys.executable}\nimport vmhooks_catalogue\n")
+    assert check()[0] == 0
+
+
+def test_a_missing_interpreter_is_reported(make_hook: MakeHook, check: Callable[[], tuple[int, list[str]]]) -> None:
+    old = make_hook("before_vm_start", "10_old", "import os\n")
+    old.write_text("#!/usr/bin/python2.7\nimport os\n")
+    env = make_hook("before_vm_start", "20_env", "true\n")
+    env.write_text("#!/usr/bin/env -S no-such-interpreter -u\n")
+    code, lines = check()
+    assert (code, lines) == (1, [
+        f"{old}: its interpreter /usr/bin/python2.7 does not exist on this host",
+        f"{env}: its interpreter no-such-interpreter does not exist on this host",
+    ])  # fmt: skip
+
+
+def test_hooks_pythonpath_extends_what_resolves(
+    make_hook: MakeHook, hooks_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir(mode=0o755)
+    (site / "sitelib.py").write_text("VALUE = 'from site'\n")
+    make_hook("after_get_caps", "10_site", "import hooking, sitelib\nhooking.write_json({'v': sitelib.VALUE})\n", lang="python")
+    assert main(["hooks", "check", "--hooks-dir", str(hooks_dir)]) == 1
+    assert "import sitelib: not found" in capsys.readouterr().out
+    assert main(["hooks", "check", "--hooks-dir", str(hooks_dir), "--hooks-pythonpath", str(site)]) == 0
+    capsys.readouterr()
+    assert main(["hooks", "run", "after_get_caps", "--hooks-dir", str(hooks_dir), "--hooks-pythonpath", str(site),
+                 "--output", "payload"]) == 0  # fmt: skip
+    assert '"v": "from site"' in capsys.readouterr().out
+    os.chmod(site, 0o777)
+    assert main(["hooks", "check", "--hooks-dir", str(hooks_dir), "--hooks-pythonpath", str(site)]) == 2
+    assert "is unsafe, hooks would import from it: writable by group or others" in capsys.readouterr().err
+
+
+def test_the_interpreter_of_an_unsafe_script_is_not_started(
+    make_hook: MakeHook, tmp_path: Path, check: Callable[[], tuple[int, list[str]]]
+) -> None:
+    fake = tmp_path / "bin" / "python3"
+    fake.parent.mkdir(mode=0o755)
+    fake.write_text(f"#!/bin/sh\ntouch {tmp_path / 'started'}\n")
+    fake.chmod(0o755)
+    script = make_hook("before_vm_start", "10_x", "import os\n", mode=0o775)
+    script.write_text(f"#!{fake}\nimport os\n")
+    assert any("unsafe" in line for line in check()[1])
+    assert not (tmp_path / "started").exists()
+    script.chmod(0o755)
+    lines = check()[1]
+    assert (tmp_path / "started").exists()
+    assert lines == [f"{script}: its interpreter could not be asked which of its imports it finds"]

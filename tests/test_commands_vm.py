@@ -35,7 +35,7 @@ def test_vm_commands_by_name_and_uuid(agent, tmp_path):
     assert vmhooks(agent, "vm", "pause", "cli-vm").stdout.strip() == f"cli-vm ({vm_id}): paused"
     assert vmhooks(agent, "vm", "cont", vm_id).returncode == 0
     stats = vmhooks(agent, "vm", "stats", "cli-vm", "--json")
-    assert json.loads(stats.stdout)["statsList"][0]["vcpuCount"] == 2
+    assert json.loads(stats.stdout)["statsList"][0]["vcpuCount"] == "2"
     history = vmhooks(agent, "history", "--vm", "cli-vm")
     assert "before_vm_start" in history.stdout and "50_pin" in history.stdout and "yes" in history.stdout
     diff = vmhooks(agent, "history", "--point", "before_vm_start", "--diff")

@@ -47,3 +47,16 @@ def test_example_config_in_contrib_is_valid():
     example = Path(__file__).resolve().parent.parent / "contrib" / "vmhooks.toml"
     values = load_settings_file(example)
     AgentSettings(**values)
+
+
+def test_hooks_pythonpath_in_the_config_file(tmp_path: Path) -> None:
+    from vmhooks.config import load_settings_file
+
+    site = tmp_path / "site"
+    site.mkdir(mode=0o755)
+    config = tmp_path / "vmhooks.toml"
+    config.write_text(f'[agent]\nhooks_pythonpath = ["{site}"]\n')
+    assert load_settings_file(config)["hooks_pythonpath"] == (site,)
+    config.write_text(f'[agent]\nhooks_pythonpath = "{site}:{tmp_path / "absent"}"\n')
+    with pytest.raises(UsageError, match="hooks_pythonpath: .*absent' is not a directory"):
+        load_settings_file(config)

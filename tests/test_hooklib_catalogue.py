@@ -248,7 +248,10 @@ def test_set_interface_source(xml, expected):
 @pytest.mark.skipif(not os.access("/usr/bin/python3", os.X_OK), reason="catalogue hooks run under /usr/bin/python3")
 def test_an_installed_hook_finds_the_module_through_the_runner(hooks_dir: Path, tmp_path: Path, seed_xml: str):
     assert main(["catalogue", "install", "vmdisk", "--hooks-dir", str(hooks_dir)]) == 0
-    assert not list(hooks_dir.rglob("vmhooks_catalogue*"))  # nothing of it is copied
+    # install puts a copy beside the script (for VDSM's runner, see
+    # test_catalogue_helpers); without it, vmhooks' runner finds hooklib's.
+    (copy,) = hooks_dir.rglob("vmhooks_catalogue*")
+    copy.unlink()
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     work = tmp_path / "work"
     work.mkdir()

@@ -351,7 +351,7 @@ def test_lifecycle_with_hooks_on_real_qemu(one_agent: RealAgent, tmp_path: Path)
     assert live.findtext("vcpu") == "2"
     domain = agent.domain(vm_id)
     assert len(qmp(domain, "query-cpus-fast")) == 2  # QEMU runs two vCPUs
-    assert agent.call("VM.getStats", vmId=vm_id)["statsList"][0]["vcpuCount"] == 2
+    assert agent.call("VM.getStats", vmId=vm_id)["statsList"][0]["vcpuCount"] == "2"
 
     assert agent.call("VM.cont", vmId=vm_id)["status"] == "up"
     assert agent.state(vm_id)[0] == libvirt.VIR_DOMAIN_RUNNING
@@ -570,7 +570,7 @@ def test_live_migration_with_source_and_destination_hooks(
         hooking.write_domxml(domxml)
     """, python=True)
     # Two hosts to libvirt, each agent on its own.
-    assert [agent.call("Host.getCapabilities")["hostUUID"] for agent in (source, destination)] == [
+    assert [agent.call("Host.getCapabilities")["uuid"] for agent in (source, destination)] == [
         source.host.host_uuid, destination.host.host_uuid]  # fmt: skip
     assert source.host.host_uuid != destination.host.host_uuid
     vm_id, name = migration_vm(source)

@@ -46,6 +46,7 @@ class AgentSettings(NamedTuple):
     migration_address: str | None = None  # where peers' QEMU sends migration data (default: listen host)
     migration_ports: str = "49152-49215"
     migration_libvirt_uri: str | None = None  # how peers' libvirtd reaches ours (default: libvirt_uri)
+    hooks_pythonpath: tuple[Path, ...] = ()  # appended to the hooks' PYTHONPATH (site modules)
 
     @property
     def socket_path(self) -> Path:
@@ -73,6 +74,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "migration_address": str,
     "migration_ports": str,
     "migration_libvirt_uri": str,
+    "hooks_pythonpath": (list, str),
 }
 
 
@@ -117,8 +119,31 @@ def load_settings_file(path: Path) -> dict[str, Any]:
             raise UsageError(f"config file {str(path)!r}: unknown setting {key!r}")
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
             raise UsageError(f"config file {str(path)!r}: {key} has the wrong type")
+        if field == "hooks_pythonpath":
+            value = pythonpath_dirs(value, f"config file {str(path)!r}: hooks_pythonpath")
         values[field] = Path(value) if field in _PATHS else value
     for point, seconds in values.get("hook_timeouts", {}).items():
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
             raise UsageError(f"config file {str(path)!r}: hook_timeouts.{point} must be > 0")
     return values
+
+
+def pythonpath_dirs(value: str | list[Any] | tuple[Any, ...], what: str = "--hooks-pythonpath") -> tuple[Path, ...]:
+    """Directories for the hooks' PYTHONPATH, from 'DIR:DIR' or a list:
+    absolute, existing, and not writable by anyone the agent does not trust
+    (every Python hook imports from them)."""
+    from vmhooks.discovery import unsafe_reason
+
+    entries = value.split(os.pathsep) if isinstance(value, str) else list(value)
+    dirs = []
+    for entry in entries:
+        if not isinstance(entry, str) or not entry or os.pathsep in entry:
+            raise UsageError(f"{what}: {entry!r} is not a directory path")
+        directory = Path(entry).absolute()
+        if not directory.is_dir():
+            raise UsageError(f"{what}: {entry!r} is not a directory")
+        reason = unsafe_reason(directory)
+        if reason:
+            raise UsageError(f"{what}: {entry!r} is unsafe, hooks would import from it: {reason}")
+        dirs.append(directory)
+    return tuple(dirs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vmhooks.errors import InvalidEnvironmentError
@@ -89,9 +89,11 @@ def build_environment(
     params: Mapping[str, object] | None = None,
     custom: Mapping[str, object] | None = None,
     vm_id: str | None = None,
+    extra_pythonpath: Sequence[Path] = (),
 ) -> dict[str, str]:
     """The agent's environment, then params, then custom properties (which
-    win over params), then vmId; PYTHONPATH extended with the hooking module.
+    win over params), then vmId; PYTHONPATH extended with the hooking module
+    (and the `vdsm` package beside it), then with `extra_pythonpath`.
 
     Raises InvalidEnvironmentError before anything runs."""
     # Our own names never leak in from the agent's environment (a stale vmId
@@ -101,6 +103,10 @@ def build_environment(
     env.update(validated(custom, "custom property"))
     if vm_id is not None:
         env["vmId"] = as_env_value(vm_id, "vmId", "vmId")
-    existing = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = f"{existing}{os.pathsep}{HOOKLIB_DIR}" if existing else str(HOOKLIB_DIR)
+    env["PYTHONPATH"] = hooks_pythonpath(env.get("PYTHONPATH"), extra_pythonpath)
     return env
+
+
+def hooks_pythonpath(existing: str | None, extra: Sequence[Path] = ()) -> str:
+    """The hooks' PYTHONPATH: the agent's own, then hooklib/, then `extra`."""
+    return os.pathsep.join([*([existing] if existing else []), str(HOOKLIB_DIR), *map(str, extra)])

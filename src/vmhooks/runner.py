@@ -58,6 +58,21 @@ class RunnerConfig(NamedTuple):
     drain_timeout: float = 0.5  # seconds to wait for stderr EOF after exit
     base_env: Mapping[str, str] | None = None  # default: os.environ
     property_rules: properties.PropertyRules | None = None  # None: values unchecked
+    hooks_pythonpath: tuple[Path, ...] = ()  # appended to the hooks' PYTHONPATH (site modules)
+    libvirt_uri: str | None = None  # the agent's, for vdsm.common.libvirtconnection in hooks
+    agent_socket: Path | None = None  # the agent's API, for vdsm.client in hooks
+
+    def hook_settings(self) -> dict[str, str]:
+        """What hooks learn about the agent that runs them (VMHOOKS_* names
+        cannot be set by custom properties or params)."""
+        settings = {"VMHOOKS_HOOKS_DIR": os.path.abspath(self.hooks_dir)}
+        if self.run_dir is not None:
+            settings["_hook_rundir"] = str(self.run_dir)
+        if self.libvirt_uri is not None:
+            settings["VMHOOKS_LIBVIRT_URI"] = self.libvirt_uri
+        if self.agent_socket is not None:
+            settings["VMHOOKS_SOCKET"] = str(self.agent_socket)
+        return settings
 
     def timeout_for(self, point: str, script: str, override: float | None) -> float:
         if override is not None:
@@ -157,9 +172,10 @@ def run_chain(
     scripts = discovery.find_scripts(config.hooks_dir, point.name)
     if not scripts:
         return ChainResult(point, (), payload, _text(encode_payload(point, payload)), None, False, warnings)
-    env = build_environment(os.environ if config.base_env is None else config.base_env, params, custom, vm_id)
-    if config.run_dir is not None:
-        env["_hook_rundir"] = str(config.run_dir)
+    env = build_environment(
+        os.environ if config.base_env is None else config.base_env, params, custom, vm_id, config.hooks_pythonpath
+    )
+    env.update(config.hook_settings())
     input_bytes = encode_payload(point, payload)
     if not config.allow_unsafe:
         refused = _refuse_unsafe(scripts)

@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import libvirt
 from vmhooks.agent import libvirtconn as lv
 from vmhooks.agent.hooks import HookCalls
 from vmhooks.agent.registry import Registry
+from vmhooks.agent.reports import Samples
 from vmhooks.config import AgentSettings
 from vmhooks.errors import UsageError, WrongStateError
 from vmhooks.store import Store, VmRecord
@@ -47,6 +49,8 @@ class AgentContext:
         self.registry = Registry(self.store)
         self.hooks = HookCalls(settings, self.store, self.payload_dir)
         self._conn: libvirt.virConnect | None = None
+        self.samples = Samples()  # for the rates in VM and host stats
+        self.started = time.time()
 
     @property
     def conn(self) -> libvirt.virConnect:

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import libvirt
 
+from vmhooks import domxml, metadata
 from vmhooks.agent import libvirtconn as lv
 from vmhooks.agent import migration
 from vmhooks.agent.context import AgentContext
 from vmhooks.agent.registry import RUNNING
+from vmhooks.errors import UsageError
+from vmhooks.store import VmRecord
 
 log = logging.getLogger("vmhooks.agent")
 
@@ -105,3 +108,40 @@ def recover(ctx: AgentContext) -> None:
             log.info("VM %s (%s): stopped while the agent was away", vm.vm_id, vm.name)
             registry.forget(vm.vm_id)
             ctx.hooks.vm("recover", "after_vm_destroy", vm.xml, vm)
+    adopt_unknown(ctx)
+
+
+def adopt_unknown(ctx: AgentContext) -> None:
+    """VMs libvirt runs that the agent has no record of (its state was lost
+    or is new) are taken back when their XML carries Engine's metadata, as
+    every VM the agent starts does: with the custom properties it holds."""
+    registry = ctx.registry
+    for domain in ctx.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        vm_id = domain.UUIDString().lower()
+        if vm_id in registry:
+            continue
+        try:
+            xml = domain.XMLDesc(0)
+            root = domxml.parse_domain(xml)
+        except (libvirt.libvirtError, UsageError) as exc:
+            log.warning("VM %s: its XML cannot be read (%s): left alone", vm_id, exc)
+            continue
+        if root.find(f"metadata/{metadata.VM}") is None:
+            continue  # not started by us or by Engine: not ours to manage
+        engine = metadata.read(root)
+        index = domxml.device_index(root)
+        try:  # metadata written by someone else is input like any other
+            custom = ctx.hooks.check_custom(engine.custom, "custom property")
+            devices = {
+                key: ctx.hooks.check_custom(props, "device custom property")
+                for key, props in engine.devices.items()
+                if key in index
+            }
+        except UsageError as exc:
+            log.warning("VM %s: its metadata's custom properties are refused (%s): adopted without them", vm_id, exc)
+            custom, devices = {}, {}
+        with registry.locked(vm_id):
+            if vm_id in registry:
+                continue
+            vm = registry.put(VmRecord(vm_id, domain.name(), lv.status_of(domain), xml, custom, devices))
+        log.info("VM %s (%s): adopted from libvirt with custom properties %s", vm.vm_id, vm.name, sorted(vm.custom))

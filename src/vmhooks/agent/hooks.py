@@ -42,6 +42,9 @@ class HookCalls:
             run_dir=settings.run_dir,
             base_env=self._base_env,
             property_rules=self.property_rules(),
+            hooks_pythonpath=settings.hooks_pythonpath,
+            libvirt_uri=settings.libvirt_uri,
+            agent_socket=settings.socket_path,
         )
 
     def property_rules(self) -> properties.PropertyRules | None:

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import libvirt
 
-from vmhooks import domxml
+from vmhooks import domxml, metadata
 from vmhooks.agent import libvirtconn as lv
 from vmhooks.agent.context import AgentContext
 from vmhooks.agent.registry import RUNNING, summary
@@ -46,15 +46,24 @@ def create(
     _, name = domxml.identity(root)
     if not name:
         raise UsageError("domain XML has no <name>")
-    vm_custom = ctx.hooks.check_custom(custom, "custom property")
-    checked_devices: dict[str, dict[str, str]] = {}
     if device_custom is not None and not isinstance(device_custom, Mapping):
         raise UsageError("deviceCustom must map a device (alias, MAC or target dev) to properties")
+    if custom is not None and not isinstance(custom, Mapping):
+        raise UsageError("custom must map property names to values")
     devices = domxml.device_index(root)
     for key, props in (device_custom or {}).items():
         if str(key).lower() not in devices:
             raise UsageError(f"deviceCustom: no device with alias, MAC or target {key!r} in the XML")
-        checked_devices[str(key).lower()] = ctx.hooks.check_custom(props, "device custom property")
+        if not isinstance(props, Mapping):
+            raise UsageError(f"deviceCustom: the properties of {key!r} must be a mapping")
+    # Engine's XML carries them in <metadata>; the call's own win.
+    all_custom, all_devices = metadata.merged(metadata.read(root), custom, device_custom)
+    vm_custom = ctx.hooks.check_custom(all_custom, "custom property")
+    checked_devices = {
+        key: ctx.hooks.check_custom(props, "device custom property")
+        for key, props in all_devices.items()
+        if key in devices  # metadata of a device the XML no longer has: nothing to run for it
+    }
 
     registry = ctx.registry
     with registry.locked(vm_id):
@@ -94,7 +103,11 @@ def _start(ctx: AgentContext, vm: VmRecord, root: Any, xml: str | None, paused: 
     _clear_launch_flags(ctx, vm.vm_id)
     final = result.payload
     started_root = domxml.parse_domain(final)
-    if domxml.lock_graphics(started_root):  # after the hooks: they see the XML as sent
+    locked = domxml.lock_graphics(started_root)  # after the hooks: they see the XML as sent
+    if locked or vm.custom or vm.device_custom:
+        # The properties it runs with, in Engine's metadata: dumpxml shows
+        # them and a restarted agent finds them there.
+        metadata.write(started_root, vm.custom, vm.device_custom, domxml.device_index(started_root))
         final = domxml.to_string(started_root)
     conn = ctx.conn
     start_paused = libvirt.VIR_DOMAIN_START_PAUSED

@@ -9,6 +9,7 @@ nothing behind.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,11 +35,14 @@ class Registry:
         self._vms: dict[str, VmRecord] = {}
         self._locks: dict[str, _VmLock] = {}
         self._guard = threading.Lock()
+        self._started: dict[str, float] = {}  # when each VM was last seen to start running
 
     def load(self) -> list[VmRecord]:
         """Take the records SQLite kept from the last run."""
         records = self.store.vms()
         self._vms.update((vm.vm_id, vm) for vm in records)
+        # Their start went unseen: elapsedTime counts from when we took them back.
+        self._started.update((vm.vm_id, time.time()) for vm in records if vm.status in RUNNING)
         return records
 
     # -- locking -------------------------------------------------------------
@@ -92,8 +96,15 @@ class Registry:
 
     def put(self, vm: VmRecord) -> VmRecord:
         self.store.put_vm(vm)  # first: a failed write changes nothing
+        previous = self._vms.get(vm.vm_id)
+        if vm.status in RUNNING and (previous is None or previous.status not in RUNNING | {"migrating"}):
+            self._started[vm.vm_id] = time.time()
         self._vms[vm.vm_id] = vm
         return vm
+
+    def started(self, vm_id: str) -> float | None:
+        """When the VM started running (as this agent saw it), for VDSM's elapsedTime."""
+        return self._started.get(vm_id)
 
     def update(self, vm: VmRecord, **changes: Any) -> VmRecord:
         return self.put(vm._replace(**changes))
@@ -101,6 +112,7 @@ class Registry:
     def forget(self, vm_id: str) -> None:
         self.store.delete_vm(vm_id)
         self._vms.pop(vm_id, None)
+        self._started.pop(vm_id, None)
 
     def lock_count(self) -> int:
         """Locks alive now (for tests and leak checks)."""

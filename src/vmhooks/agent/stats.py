@@ -2,14 +2,12 @@
 before/after JSON points."""
 from __future__ import annotations
 
-import socket
-import time
 from typing import Any
 
 import libvirt
 
-from vmhooks import __version__
 from vmhooks import domxml
+from vmhooks.agent import reports
 from vmhooks.agent import libvirtconn as lv
 from vmhooks.agent.context import AgentContext
 from vmhooks.agent.registry import RUNNING
@@ -27,64 +25,46 @@ def vm_stats(ctx: AgentContext, vm_id: str) -> dict[str, Any]:
 
 def all_vm_stats(ctx: AgentContext) -> list[Any]:
     ctx.hooks.host("getAllVmStats", "before_get_all_vm_stats", {})
-    stats = [_one_vm_stats(ctx, vm) for vm in ctx.registry.all()]
+    vms = ctx.registry.all()
+    ctx.samples.retain({vm.vm_id for vm in vms})
+    stats = [_one_vm_stats(ctx, vm) for vm in vms]
     return ctx.hooks.host("getAllVmStats", "after_get_all_vm_stats", stats).payload
 
 
 def _one_vm_stats(ctx: AgentContext, vm: VmRecord) -> dict[str, Any]:
-    stats: dict[str, Any] = {"vmId": vm.vm_id, "vmName": vm.name, "status": vm.status}
-    domain = ctx.lookup(vm.vm_id) if vm.status in RUNNING else None
+    """VDSM's VmStats of one VM: RunningVmStats while libvirt runs it, else ExitedVmStats."""
+    domain = ctx.lookup(vm.vm_id) if vm.status in RUNNING or vm.status == "migrating" else None
     if domain is not None:
         try:
-            state, max_mem, memory, vcpus, cpu_time = domain.info()
+            return reports.running_vm_stats(ctx.samples, vm.vm_id, vm.name, vm.status, domain, ctx.registry.started(vm.vm_id))
         except libvirt.libvirtError:
-            return stats
-        stats.update({"memoryKiB": memory, "maxMemoryKiB": max_mem, "vcpuCount": vcpus, "cpuTimeNs": cpu_time})
-    return stats
+            pass  # it stopped meanwhile
+    why = f"hibernated to {vm.save_path}" if vm.status == "hibernated" else ""
+    return {**reports.exited_vm_stats(vm.vm_id, vm.status, why), "vmName": vm.name}
 
 
 def host_stats(ctx: AgentContext) -> dict[str, Any]:
     ctx.hooks.host("getStats", "before_get_stats", {})
-    model, memory_mib, cpus, mhz, *_ = lv.call("reading host info", ctx.conn.getInfo)
     statuses = [vm.status for vm in ctx.registry.all()]
-    stats = {
-        "cpuModel": model,
-        "cpuCount": cpus,
-        "cpuMHz": mhz,
-        "memTotalMiB": memory_mib,
-        "vmCount": len(statuses),
-        "vmActive": sum(status in RUNNING for status in statuses),
-        "time": time.time(),
-    }
+    stats = reports.host_stats(ctx.samples, ctx.conn, statuses, ctx.started)
     return ctx.hooks.host("getStats", "after_get_stats", stats).payload
 
 
 def capabilities(ctx: AgentContext) -> dict[str, Any]:
     ctx.hooks.host("getCapabilities", "before_get_caps", {})
     conn = ctx.conn
-    model, memory_mib, cpus, *_ = lv.call("reading host info", conn.getInfo)
-    caps = {
-        "hostname": socket.gethostname(),
-        "version": __version__,
-        "libvirtUri": ctx.settings.libvirt_uri,
-        "libvirtVersion": _version_string(lv.call("reading the libvirt version", conn.getLibVersion)),
-        "hypervisor": lv.call("reading the hypervisor type", conn.getType),
-        "hostUUID": _host_uuid(conn),
-        "cpuModel": model,
-        "cpuCores": cpus,
-        "memSizeMiB": memory_mib,
-        "hooks": hooks_inventory(ctx),
-    }
+    try:
+        host_caps = domxml.parse(conn.getCapabilities(), "capabilities")
+    except (libvirt.libvirtError, UsageError):
+        host_caps = None
+    caps = lv.call("reading host info", reports.capabilities, conn, host_caps)
+    caps.update(
+        libvirtUri=ctx.settings.libvirt_uri,
+        libvirtVersion=_version_string(lv.call("reading the libvirt version", conn.getLibVersion)),
+        hooks=hooks_inventory(ctx),
+    )
     return ctx.hooks.host("getCapabilities", "after_get_caps", caps).payload
 
 
 def _version_string(number: int) -> str:
     return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
-
-
-def _host_uuid(conn: libvirt.virConnect) -> str | None:
-    try:
-        root = domxml.parse(conn.getCapabilities(), "capabilities")
-    except (libvirt.libvirtError, UsageError):
-        return None
-    return root.findtext("host/uuid")

@@ -18,13 +18,13 @@ import hashlib
 import json
 import os
 import re
-import stat
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from vmhooks.catalogue import _helpers
 from vmhooks.environment import check_name
 from vmhooks.errors import InvalidEnvironmentError, UnknownPointError, UsageError, VmhooksError
 from vmhooks.points import get_point
@@ -301,13 +301,8 @@ def user_defined_form(decls: Iterable[PropertyDecl]) -> str:
 # --- install / uninstall ---------------------------------------------------
 
 
-def file_sha256(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise VmhooksError(f"cannot read {path}: {exc.strerror}") from None
+file_sha256 = _helpers.file_sha256
+
 
 
 def install(names: Iterable[str], hooks_dir: Path, *, force: bool = False) -> list[FileAction]:
@@ -319,7 +314,14 @@ def install(names: Iterable[str], hooks_dir: Path, *, force: bool = False) -> li
     hooks = [get_hook(name) for name in _unique(names)]
     previous = installed(hooks_dir) if hooks_dir.is_dir() else {}
     plans = [(hook, _plan_install(hook, hooks_dir, previous.get(hook.name))) for hook in hooks]
-    conflicts = [conflict for _, plan in plans for conflict in plan.conflicts]
+    scripts = {}
+    for name, record in previous.items():
+        if name not in {hook.name for hook in hooks}:
+            scripts.update(_helpers.installed_scripts(hooks_dir, record.files))
+    for hook in hooks:
+        scripts.update((hook.target(s.point), hook.source_path(s).read_bytes()) for s in hook.scripts)
+    helpers = _helpers.plan(hooks_dir, record_dir(hooks_dir), scripts)
+    conflicts = [conflict for _, plan in plans for conflict in plan.conflicts] + list(helpers.conflicts)
     if conflicts and not force:
         raise CatalogueError(
             "not installing: " + "; ".join(conflicts) + " (use --force to overwrite)"
@@ -327,7 +329,7 @@ def install(names: Iterable[str], hooks_dir: Path, *, force: bool = False) -> li
     actions: list[FileAction] = []
     for hook, plan in plans:
         actions.extend(_apply_install(hook, hooks_dir, plan))
-    return actions
+    return actions + _apply_helpers(hooks_dir, helpers)
 
 
 def uninstall(names: Iterable[str], hooks_dir: Path, *, force: bool = False) -> list[FileAction]:
@@ -345,7 +347,13 @@ def uninstall(names: Iterable[str], hooks_dir: Path, *, force: bool = False) -> 
         else:
             files = dict(record.files)
         plans.append((name, record, files))
-    conflicts = []
+    removed = {name for name, _, _ in plans}
+    remaining = {}
+    for name, record in records.items():
+        if name not in removed:
+            remaining.update(_helpers.installed_scripts(hooks_dir, record.files))
+    helpers = _helpers.plan(hooks_dir, record_dir(hooks_dir), remaining)
+    conflicts = list(helpers.conflicts)
     for name, _, files in plans:
         for target, digest in files.items():
             current = file_sha256(hooks_dir / target)
@@ -365,6 +373,32 @@ def uninstall(names: Iterable[str], hooks_dir: Path, *, force: bool = False) -> 
         if record is not None:
             record.record.unlink(missing_ok=True)
             actions.append(FileAction(name, record.record, Action.REMOVED))
+    return actions + _apply_helpers(hooks_dir, helpers)
+
+
+def _apply_helpers(hooks_dir: Path, plan: _helpers.HelperPlan) -> list[FileAction]:
+    """Write, fix or remove the helper copies, then their record."""
+    actions = []
+    for target, content, action in plan.writes:
+        path = hooks_dir / target
+        if action != Action.UNCHANGED.value:
+            _make_dir(path.parent)
+            _write_atomically(path, content, _helpers.HELPER_MODE)
+        actions.append(FileAction(_helpers.SHARED, path, Action(action)))
+    for target in plan.removals:
+        path = hooks_dir / target
+        try:
+            path.unlink()
+            actions.append(FileAction(_helpers.SHARED, path, Action.REMOVED))
+        except FileNotFoundError:
+            actions.append(FileAction(_helpers.SHARED, path, Action.ABSENT))
+    record = record_dir(hooks_dir) / _helpers.SHARED_RECORD
+    text = json.dumps(plan.record, indent=1, sort_keys=True) + "\n"
+    if not plan.record:
+        record.unlink(missing_ok=True)
+    elif not record.is_file() or record.read_text(encoding="utf-8") != text:
+        _make_dir(record.parent)
+        _write_atomically(record, text.encode("utf-8"), 0o644)
     return actions
 
 
@@ -387,30 +421,12 @@ def _plan_install(hook: CatalogueHook, hooks_dir: Path, previous: InstalledHook 
     for script in hook.scripts:
         target = hook.target(script.point)
         source = hook.source_path(script)
-        path = hooks_dir / target
-        current = file_sha256(path)
         wanted = hashlib.sha256(source.read_bytes()).hexdigest()
-        if current is None:
-            action = Action.CREATED
-        elif current == wanted:
-            mode_ok = stat.S_IMODE(os.lstat(path).st_mode) == SCRIPT_MODE and not path.is_symlink()
-            action = Action.UNCHANGED if mode_ok else Action.MODE_FIXED
-        elif recorded.get(target) == current:
-            action = Action.UPDATED
-        else:
-            action = Action.REPLACED
-            why = "was modified since it was installed" if target in recorded else "is not ours"
-            conflicts.append(f"{path} {why}")
-        writes.append((target, source, action))
-    targets = {target for target, _, _ in writes}
-    stale = []
-    for target, digest in recorded.items():
-        if target in targets:
-            continue
-        current = file_sha256(hooks_dir / target)
-        if current is not None and current != digest:
-            conflicts.append(f"{hooks_dir / target} (no longer shipped) was modified")
-        stale.append(target)
+        action, conflict = _helpers.file_action(hooks_dir / target, wanted, recorded.get(target), SCRIPT_MODE)
+        writes.append((target, source, Action(action)))
+        conflicts += [conflict] if conflict else []
+    stale, modified = _helpers.stale(hooks_dir, recorded, {target for target, _, _ in writes}, " (no longer shipped)")
+    conflicts += modified
     return _InstallPlan(tuple(writes), tuple(stale), tuple(conflicts))
 
 

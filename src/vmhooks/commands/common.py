@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vmhooks.client import Client
-from vmhooks.config import default_hooks_dir, default_socket
+from vmhooks.config import default_hooks_dir, default_socket, pythonpath_dirs
 from vmhooks.errors import UsageError
 
 
@@ -21,6 +21,19 @@ def add_hooks_dir(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="hooks root (default: $VMHOOKS_HOOKS_DIR, else /usr/libexec/vdsm/hooks)",
     )
+
+
+def add_hooks_pythonpath(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--hooks-pythonpath",
+        metavar="DIR:DIR",
+        help="directories appended to the hooks' PYTHONPATH (site modules)",
+    )
+
+
+def hooks_pythonpath(args: argparse.Namespace) -> tuple[Path, ...]:
+    value = getattr(args, "hooks_pythonpath", None)
+    return pythonpath_dirs(value) if value else ()
 
 
 def hooks_dir(args: argparse.Namespace) -> Path:
@@ -75,6 +88,20 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells
     )
+
+
+def field_rows(data: dict[str, object], prefix: str = "") -> list[list[object]]:
+    """FIELD/VALUE rows of a VDSM-shaped report: nested maps as dotted names
+    (disks.vda.readRate), lists joined."""
+    rows: list[list[object]] = []
+    for key, value in sorted(data.items()):
+        if isinstance(value, dict):
+            rows += field_rows(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            rows.append([f"{prefix}{key}", ", ".join(str(item) for item in value)])
+        else:
+            rows.append([f"{prefix}{key}", value])
+    return rows
 
 
 MIN_UUID_PREFIX = 8

@@ -8,10 +8,10 @@ import sys
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from vmhooks.commands.common import add_hooks_dir, hooks_dir, name_values, read_input
+from vmhooks.commands.common import add_hooks_dir, add_hooks_pythonpath, hooks_dir, hooks_pythonpath, name_values, read_input
 from vmhooks.errors import UsageError
 from vmhooks.points import HookPoint, Payload, Scope, get_point
-from vmhooks import properties
+from vmhooks import metadata, properties
 from vmhooks.catalogue import installed_property_rules
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain
 
@@ -36,6 +36,8 @@ def register(subparsers: Any) -> None:
         help="admin property definitions (oVirt UserDefinedVMProperties form), checked "
         "with those of the installed catalogue hooks",
     )
+    add_hooks_pythonpath(parser)
+    parser.add_argument("--libvirt-uri", help="the libvirt URI hooks connect to (vdsm.common.libvirtconnection)")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="per-script timeout")
     parser.add_argument("--output", choices=("report", "payload", "json"), default="report")
     parser.add_argument(
@@ -53,13 +55,16 @@ def run(args: argparse.Namespace) -> int:
     if vm_id is None and point.scope is not Scope.HOST and point.payload is Payload.DOMAIN:
         vm_id = _domain_uuid(payload)
     rules = properties.combine(installed_property_rules(hooks_dir(args)), properties.parse_user_defined(args.properties))
-    config = RunnerConfig(hooks_dir(args), allow_unsafe=args.allow_unsafe, property_rules=rules)
+    config = RunnerConfig(
+        hooks_dir(args), allow_unsafe=args.allow_unsafe, property_rules=rules,
+        hooks_pythonpath=hooks_pythonpath(args), libvirt_uri=args.libvirt_uri,
+    )  # fmt: skip
     result = run_chain(
         point.name,
         payload,
         config,
         params=name_values(args.param, "--param"),
-        custom=name_values(args.prop, "--prop"),
+        custom=_custom(point, payload, name_values(args.prop, "--prop")),
         vm_id=vm_id,
         timeout=args.timeout,
     )
@@ -95,6 +100,13 @@ def _payload(point: HookPoint, args: argparse.Namespace) -> Any:
     except ET.ParseError as exc:
         raise UsageError(f"XML file {args.xml!r} is malformed: {exc}") from None
     return text
+
+
+def _custom(point: HookPoint, payload: Any, given: dict[str, str]) -> dict[str, object]:
+    """--prop values over those in the domain XML's Engine metadata."""
+    if point.payload is not Payload.DOMAIN or not payload:
+        return dict(given)
+    return {**metadata.read(ET.fromstring(payload)).custom, **given}
 
 
 def _domain_uuid(xml: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vmhooks.commands.common import add_client_options, client, print_json, table
+from vmhooks.commands.common import add_client_options, client, field_rows, print_json, table
 
 HOST_ACTIONS = {
     "caps": ("Host.getCapabilities", "capabilities, with the hooks inventory"),
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(result)
         return 0
     hooks = result.pop("hooks", None) if isinstance(result, dict) else None
-    rows = [[key, value] for key, value in sorted(result.items())] if isinstance(result, dict) else []
+    rows = field_rows(result) if isinstance(result, dict) else []
     print(table(["FIELD", "VALUE"], rows))
     if hooks is not None:
         print("\nhooks:" if hooks else "\nhooks: none installed")

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from vmhooks.commands.common import add_hooks_pythonpath, hooks_pythonpath
 from vmhooks.config import DEFAULT_CONFIG_FILE, AgentSettings, default_hooks_dir, load_settings_file
 from vmhooks.errors import UsageError
 
@@ -41,6 +42,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--migration-address", metavar="HOST", help="where peers send migration data (default: the --listen host)")
     parser.add_argument("--migration-ports", metavar="LOW-HIGH", help="ports for incoming migrations (default: 49152-49215)")
     parser.add_argument("--migration-libvirt-uri", metavar="URI", help="how peers' libvirtd reaches ours (default: --libvirt-uri)")
+    add_hooks_pythonpath(parser)
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.set_defaults(func=run)
 
@@ -55,7 +57,7 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
     for field in AgentSettings._fields:
         value = getattr(args, field, None)
         if value is not None:
-            values[field] = value
+            values[field] = hooks_pythonpath(args) if field == "hooks_pythonpath" else value
     settings = AgentSettings(**values)
     if not settings.hook_timeout > 0:
         raise UsageError("hook timeout must be a positive number of seconds")

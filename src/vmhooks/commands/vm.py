@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from vmhooks.client import Client
-from vmhooks.commands.common import add_client_options, client, match_vm, name_values, print_json, read_input, table
+from vmhooks.commands.common import add_client_options, client, field_rows, match_vm, name_values, print_json, read_input, table
 from vmhooks.errors import UsageError
 
 # action -> (API method, help): the actions that take just a VM.
@@ -103,7 +103,7 @@ def run_action(args: argparse.Namespace) -> int:
     result = agent.call(method, vmId=resolve(agent, args.vm))
     if args.action == "stats" and not args.json:
         for stats in result["statsList"]:
-            print(table(["FIELD", "VALUE"], [[key, value] for key, value in sorted(stats.items())]))
+            print(table(["FIELD", "VALUE"], field_rows(stats)))
         return 0
     _show(args, result)
     return 0

@@ -1,0 +1,1 @@
+"""`vdsm.common`: see vdsm/__init__.py."""

@@ -1,0 +1,1 @@
+"""`vdsm.network.link`: see vdsm/network/__init__.py."""
