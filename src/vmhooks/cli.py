@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from vmhooks import __version__
+from vmhooks import __version__, logs
 from vmhooks.commands import COMMANDS
 from vmhooks.errors import ERROR_CODES, UsageError, VmhooksError
 
@@ -82,7 +83,9 @@ def _fail(exc: VmhooksError, *, as_json: bool, debug: bool) -> int:
             error["data"] = data
         print(json.dumps({"error": error}, indent=2, sort_keys=True))
     else:
-        print(f"vmhooks: {exc}", file=sys.stderr)
+        # Under systemd, a syslog priority prefix makes it an error in the journal.
+        priority = f"<{logs.syslog_priority(logging.ERROR)}>" if logs.stream_is_journal(sys.stderr) else ""
+        print(f"{priority}vmhooks: {exc}", file=sys.stderr)
     return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
 
 
