@@ -20,10 +20,6 @@ EXIT_USAGE = 2
 class CommandLineError(UsageError):
     """argparse's complaint about the command line, as one line."""
 
-    def __init__(self, message: str, parser: argparse.ArgumentParser) -> None:
-        super().__init__(message)
-        self.parser = parser
-
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are raised, not printed with the usage,
@@ -31,7 +27,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.partition(" ")[2]  # main() puts "vmhooks: " in front
-        raise CommandLineError(f"{command + ': ' if command else ''}{message} (see '{self.prog} --help')", self)
+        raise CommandLineError(f"{command + ': ' if command else ''}{message} (see '{self.prog} --help')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except CommandLineError as exc:
-        return _fail(exc, as_json=_has_json_flag(exc.parser) and "--json" in argv, debug=False)
+        return _fail(exc, as_json="--json" in argv and _has_json_flag(_subcommand(parser, argv)), debug=False)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -65,6 +61,16 @@ def wants_json(args: argparse.Namespace) -> bool:
     """Whether the user asked for JSON output: `--json` (a flag; on `hooks
     run` it names a payload file instead) or `--output json`."""
     return getattr(args, "json", None) is True or getattr(args, "output", None) == "json"
+
+
+def _subcommand(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the (sub)subcommand that `argv` names, even when argv
+    does not parse: its errors are JSON if that subcommand has --json."""
+    for token in argv:
+        choices = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if isinstance(choices, dict) and token in choices:
+            parser = choices[token]
+    return parser
 
 
 def _has_json_flag(parser: argparse.ArgumentParser) -> bool:
