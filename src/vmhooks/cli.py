@@ -84,8 +84,10 @@ def _fail(exc: VmhooksError, *, as_json: bool, debug: bool) -> int:
     if as_json:
         error: dict[str, Any] = {"code": getattr(exc, "code", None) or ERROR_CODES.get(exc.kind, ERROR_CODES["error"]),
                                  "message": str(exc)}  # fmt: skip
-        data = getattr(exc, "data", None)
-        if data is not None:
+        data = getattr(exc, "data", None)  # the agent's: `kind` (the code says it), failing scripts
+        if isinstance(data, dict):
+            data = {key: value for key, value in data.items() if key != "kind"}
+        if data:
             error["data"] = data
         print(json.dumps({"error": error}, indent=2, sort_keys=True))
     else:
