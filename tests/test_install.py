@@ -41,7 +41,7 @@ def test_install_stages_everything_under_destdir_and_uninstall_removes_it(tmp_pa
     # The unit runs the wrapper, which runs the virtualenv's python, all under PREFIX.
     unit = (staged / "lib/systemd/system/vmhooks.service").read_text()
     assert f"ExecStart={prefix}/bin/vmhooks serve --config /etc/vmhooks/vmhooks.toml" in unit
-    assert f"Documentation=file://{prefix}/share/doc/vmhooks/README.md" in unit
+    assert f"Documentation=man:vmhooks(1) file://{prefix}/share/doc/vmhooks/README.md" in unit
     assert (staged / "bin/vmhooks").read_text() == f'#!/bin/sh\nexec {prefix}/lib/vmhooks/bin/python -I -m vmhooks.cli "$@"\n'
     # Nothing that is installed names the staging directory.
     leaked = subprocess.run(["grep", "-rl", str(stage), str(stage)], capture_output=True, text=True)
