@@ -32,8 +32,9 @@ def register(subparsers: Any) -> None:
     source.add_argument("--xml", metavar="FILE", help="domain or device XML ('-' for stdin)")
     source.add_argument("--json", metavar="FILE", help="JSON payload ('-' for stdin)")
     parser.add_argument("--vm-id", help="vmId (default: the domain XML's <uuid>)")
-    parser.add_argument("--prop", action="append", metavar="NAME=VALUE", help="custom property")
-    parser.add_argument("--param", action="append", metavar="NAME=VALUE", help="call parameter")
+    parser.add_argument("--prop", action="append", metavar="NAME=VALUE",
+                        help="a custom property (repeatable, each name once; NAME= for an empty value)")
+    parser.add_argument("--param", action="append", metavar="NAME=VALUE", help="a call parameter (repeatable)")
     parser.add_argument(
         "--properties",
         metavar="NAME=REGEX;...",
