@@ -16,8 +16,9 @@ def test_json_is_the_point_table():
     assert list(listed) == list(POINTS)
     for name, point in POINTS.items():
         entry = listed[name]
-        assert (entry["payload"], entry["aborts"], entry["output_used"], entry["scope"], tuple(entry["params"])) == (
-            point.payload.value, point.aborts, point.output_used, point.scope.value, point.params)
+        assert (entry["payload"], entry["aborts"], entry["output_used"], entry["scope"], tuple(entry["params"]),
+                entry["extension"]) == (point.payload.value, point.aborts, point.output_used, point.scope.value,
+                                        point.params, point.extension)  # fmt: skip
     assert listed["before_vm_start"]["aborts"] and listed["before_vm_start"]["output_used"]
     assert not listed["after_get_caps"]["aborts"] and listed["after_get_caps"]["output_used"]
 
@@ -32,3 +33,4 @@ def test_text_has_a_row_per_point_and_explains_its_columns():
     assert rows["after_vm_set_ticket"] == ["domain", "vm", "goes", "on", "discarded", "userName", "userId"]
     assert rows["before_nic_hotplug"][:2] == ["device", "device"]
     assert "ON FAILURE: 'aborts' = a failing script stops the operation" in done.stdout
+    assert rows["before_cloudinit_iso"][0] == "*" and "* = a vmhooks extension" in done.stdout

@@ -27,6 +27,7 @@ def point_json(point: HookPoint) -> dict[str, Any]:
         "output_used": point.output_used,
         "scope": point.scope.value,
         "params": list(point.params),
+        "extension": point.extension,
     }
 
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print_json([point_json(point) for point in POINTS.values()])
         return 0
     rows = [
-        [point.name, point.payload.value, point.scope.value,
+        [point.name + (" *" if point.extension else ""), point.payload.value, point.scope.value,
          "aborts" if point.aborts else "goes on", "used" if point.output_used else "discarded",
          " ".join(point.params) or "-"]
         for point in POINTS.values()
@@ -45,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
         "\nPAYLOAD: domain = the domain XML, device = one device element, json = a JSON document,"
         " none = an empty file.\nON FAILURE: 'aborts' = a failing script stops the operation;"
         " 'goes on' = it is recorded only.\nOUTPUT: 'used' = the agent takes the edited payload;"
-        " 'discarded' = edits are recorded and dropped."
+        " 'discarded' = edits are recorded and dropped.\n* = a vmhooks extension: VDSM has no such point."
     )
     return 0
