@@ -1,7 +1,7 @@
 """commands.display: reports in human units, by field name, whatever the fields."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 import pytest
 
@@ -10,7 +10,7 @@ from vmhooks.commands.display import duration, field_rows, fields, human
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0.0000004, "0 us"), (0.000250, "250 us"), (0.012, "12 ms"), (3.44, "3.4 s"), (302, "5m 02s"),
+    [(0, "0 s"), (0.0000004, "0 us"), (0.000250, "250 us"), (0.012, "12 ms"), (3.44, "3.4 s"), (302, "5m 02s"),
      (7620, "2h 07m"), (273600, "3d 04h"), (-2, "-2.0 s")],
 )  # fmt: skip
 def test_duration(seconds: float, text: str):
@@ -22,6 +22,10 @@ def test_points_in_time_become_iso_8601():
     expected = datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
     assert human("time", epoch) == expected
     assert human("bootTime", "1780000000") == expected  # VDSM sends some numbers as strings
+    utc = datetime(2026, 12, 2, 16, 36, 8, tzinfo=timezone.utc).astimezone().isoformat(timespec="seconds")
+    assert human("dateTime", "2026-12-02T16:36:08 GMT") == utc  # VDSM's own form
+    assert human("dateTime", "2026-12-02T16:36:08+00:00") == utc
+    assert human("dateTime", "yesterday") == "yesterday"
 
 
 @pytest.mark.parametrize(
@@ -36,6 +40,7 @@ def test_values_by_field_name(name: str, value: object, text: str):
 
 
 def test_nested_reports_flatten_to_dotted_names():
-    report = {"b": 1, "a": {"y": [1, 2], "x": [{"k": "v"}]}, "network": {"eth0": {"rxRate": 0.1}}}
-    assert fields(report) == [("a.x[0].k", "v"), ("a.y", [1, 2]), ("b", 1), ("network.eth0.rxRate", 0.1)]
+    report = {"b": 1, "a": {"y": [1, 2], "x": [{"k": "v"}]}, "network": {"eth0": {"rxRate": 0.1}}, "disks": {}}
+    assert fields(report) == [("a.x[0].k", "v"), ("a.y", [1, 2]), ("b", 1), ("disks", None),
+                              ("network.eth0.rxRate", 0.1)]  # fmt: skip
     assert field_rows({"vm": {"cpuTimeNs": 1000}}) == [["vm.cpuTimeNs", "1 us"]]

@@ -5,7 +5,7 @@ well as ours."""
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 # A numeric field is a time or a duration when its name says so.
@@ -13,12 +13,15 @@ TIME_WORDS = ("time", "elapsed", "duration", "uptime", "latency")
 # ... and a duration, never a point in time, when its name says that.
 DURATION_WORDS = ("elapsed", "duration", "uptime", "latency", "cpu")
 UNIT_SUFFIXES = (("ns", 1e-9), ("us", 1e-6), ("ms", 1e-3))
+VDSM_TIME = "%Y-%m-%dT%H:%M:%S GMT"
 EPOCH_FLOOR = 1e9  # seconds since 1970 from September 2001 on: a point in time
 
 
 def fields(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """(dotted name, scalar) pairs of a nested report, in name order."""
     if isinstance(value, dict):
+        if not value and prefix:
+            return [(prefix, None)]  # shown as '-': the field is there, empty
         pairs = []
         for key in sorted(value, key=str):
             pairs += fields(value[key], f"{prefix}.{key}" if prefix else str(key))
@@ -37,6 +40,10 @@ def human(name: str, value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(human(name, item) for item in value) or "-"
     key = name.rsplit(".", 1)[-1].lower()
+    if isinstance(value, str) and any(word in key for word in ("time", "date")):
+        moment = _vdsm_time(value)
+        if moment is not None:
+            return moment.astimezone().isoformat(timespec="seconds")
     number = _number(value)
     if number is None or not any(word in key for word in TIME_WORDS):
         return str(value)
@@ -52,9 +59,11 @@ def iso_time(epoch: float) -> str:
 
 
 def duration(seconds: float) -> str:
-    """12 ms, 3.4 s, 5m 02s, 2h 07m, 3d 04h."""
+    """0 s, 250 us, 12 ms, 3.4 s, 5m 02s, 2h 07m, 3d 04h."""
     if seconds < 0:
         return "-" + duration(-seconds)
+    if seconds == 0:
+        return "0 s"
     if seconds < 1e-3:
         return f"{seconds * 1e6:.0f} us"
     if seconds < 1:
@@ -67,6 +76,17 @@ def duration(seconds: float) -> str:
     if whole < 86400:
         return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
     return f"{whole // 86400}d {whole % 86400 // 3600:02d}h"
+
+
+def _vdsm_time(text: str) -> datetime | None:
+    """VDSM's `dateTime` ('2026-12-02T16:36:08 GMT'), or an ISO 8601 time."""
+    for form in (VDSM_TIME, None):
+        try:
+            moment = datetime.strptime(text, form) if form else datetime.fromisoformat(text)
+        except ValueError:
+            continue
+        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return None
 
 
 def _number(value: Any) -> float | None:
