@@ -2,7 +2,14 @@
 VENV ?= .venv
 export VENV
 
-.PHONY: demo test bench clean
+# `make install`: see scripts/install (PREFIX, DESTDIR, SYSCONFDIR, UNITDIR, PYTHON).
+PREFIX ?= /usr/local
+DESTDIR ?=
+SYSCONFDIR ?= /etc
+GENERATED ?= build/shell
+export PREFIX DESTDIR SYSCONFDIR GENERATED
+
+.PHONY: demo test bench clean shell-files install uninstall
 
 demo:
 	@sh scripts/bootstrap demo
@@ -17,6 +24,17 @@ bench:
 	$(VENV)/bin/python bench/chain.py
 	$(VENV)/bin/python bench/agent.py
 	$(VENV)/bin/python bench/kubevirt.py
+
+# The man page and the shell completions, generated from the argparse parser.
+shell-files:
+	@sh scripts/bootstrap build
+	$(VENV)/bin/python scripts/shellfiles.py $(GENERATED)
+
+install: shell-files
+	sh scripts/install install
+
+uninstall:
+	sh scripts/install uninstall
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -332,7 +332,7 @@ def test_cli_list(hooks_dir, capsys):
     assert "* pincpu" in out and "  cantmigrate" in out
     assert "points: before_vm_start, before_device_create, before_nic_hotplug" in out  # macspoof
     assert "properties: extnet (device)" in out
-    assert f"* installed under {hooks_dir}" in out
+    assert f"* = installed under {hooks_dir}; (device) = a device custom property" in out
     assert main(["catalogue", "list", "--json", "--hooks-dir", str(hooks_dir)]) == 0
     listed = {h["name"]: h for h in json.loads(capsys.readouterr().out)}
     assert set(listed) == EXPECTED and listed["pincpu"]["installed"] is True

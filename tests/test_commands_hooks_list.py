@@ -53,8 +53,14 @@ def test_json_of_an_empty_tree(hooks_dir: Path, capsys: pytest.CaptureFixture[st
     assert list_json(hooks_dir, capsys) == {}
 
 
-def test_json_of_a_missing_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert list_json(tmp_path / "nope", capsys) == {}
+def test_a_missing_tree_is_a_usage_error_also_in_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope"
+    assert main(["hooks", "list", "--hooks-dir", str(missing)]) == 2
+    assert capsys.readouterr().err == f"vmhooks: hooks directory '{missing}' does not exist\n"
+    assert main(["hooks", "list", "--json", "--hooks-dir", str(missing)]) == 2
+    assert json.loads(capsys.readouterr().out) == {
+        "error": {"code": 3, "message": f"hooks directory '{missing}' does not exist"}
+    }
 
 
 def test_text(tree: dict[str, dict[str, dict[str, str]]], hooks_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -147,7 +147,7 @@ def test_props_and_params_reach_hooks_props_win(
     make_hook("after_vm_start", "10_env", f'echo "$a|$b|$flag|" > {marks}/env\n')
     code, _, _ = hooks_run(
         "after_vm_start", "--xml", str(xml_file),
-        "--param", "a=param", "--param", "b=param", "--prop", "b=prop", "--prop", "flag",
+        "--param", "a=param", "--param", "b=param", "--prop", "b=prop", "--prop", "flag=",
     )
     assert code == 0
     assert (marks / "env").read_text().strip() == "param|prop||"
@@ -231,7 +231,10 @@ def test_hooks_dir_from_the_environment(
         (["before_vm_start", "--xml", "{xml}", "--prop", "LD_PRELOAD=/tmp/x.so"], "'LD_PRELOAD' is reserved"),
         (["before_vm_start", "--xml", "{xml}", "--prop", "a-b=1"], "not an identifier"),
         (["before_vm_start", "--xml", "{xml}", "--param", "PATH=/tmp"], "'PATH' is reserved"),
-        (["before_vm_start", "--xml", "{xml}", "--prop", "=1"], "has no name"),
+        (["before_vm_start", "--xml", "{xml}", "--prop", "=1"], "expected NAME=VALUE"),
+        (["before_vm_start", "--xml", "{xml}", "--prop", "flag"], "--prop 'flag': expected NAME=VALUE"),
+        (["before_vm_start", "--xml", "{xml}", "--prop", "a=1", "--prop", "a=2"], "--prop 'a' is given twice"),
+        (["before_vm_start", "--xml", "{xml}", "--param", "a=1", "--param", "a=1"], "--param 'a' is given twice"),
         (["before_vm_start", "--xml", "{missing}"], "cannot read XML file"),
         (["before_vm_start", "--xml", "{dir}"], "cannot read XML file"),
         (["before_vm_start", "--xml", "{malformed}"], "is malformed"),

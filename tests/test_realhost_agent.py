@@ -844,3 +844,34 @@ def test_a_restarted_agent_reattaches_to_running_vms(one_agent: RealAgent, tmp_p
     for vm_id in (running, paused):
         agent.call("VM.destroy", vmId=vm_id)
     assert traced(log, running)[-1] == "after_vm_destroy"
+
+
+def test_the_cli_drives_real_qemu_devices_by_name_and_prefix(one_agent: RealAgent, tmp_path: Path) -> None:
+    """`vmhooks vm ...` as an admin types it, against real QEMU: a NIC's
+    property by MAC on create, a SCSI disk plugged and unplugged, the XML."""
+    agent = one_agent
+    props = tmp_path / "props.log"
+    props_hook(agent.hooks, ["before_device_create", "before_disk_hotplug"], props, ["nicprop", "diskprop"])
+
+    def vmhooks(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*VMHOOKS, *args, "--socket", str(agent.process.socket)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    (tmp_path / "vm.xml").write_text(domain_xml(devices=NIC, scsi=True))
+    root = ET.fromstring((tmp_path / "vm.xml").read_text())
+    vm_id, name = root.findtext("uuid") or "", root.findtext("name") or ""
+    created = vmhooks("vm", "create", str(tmp_path / "vm.xml"), "--device-prop", f"{NIC_MAC}:nicprop=a:b")
+    assert created.stdout.strip() == f"{name} ({vm_id}): up", created.stderr
+    image = make_disk_image(agent.host.root.parent / "cli-hotplug.qcow2")
+    (tmp_path / "disk.xml").write_text(disk_xml(image, "sda"))
+    plugged = vmhooks("vm", "hotplug-disk", vm_id[:8], str(tmp_path / "disk.xml"), "--prop", "diskprop=x")
+    assert plugged.stdout.strip() == f"{name} ({vm_id}): hotplug-disk done, up", plugged.stderr
+    live = ET.fromstring(vmhooks("vm", "xml", name).stdout)
+    assert live.find("devices/disk/target").get("dev") == "sda"
+    assert live.find("devices/disk/source").get("file") == str(image)
+    unplugged = vmhooks("vm", "hotunplug-disk", name, str(tmp_path / "disk.xml"), "--json")
+    assert json.loads(unplugged.stdout)["status"] == "up", unplugged.stderr
+    assert agent.live(vm_id).find("devices/disk") is None
+    assert props.read_text().splitlines() == [
+        "before_device_create nicprop=a:b diskprop=", "before_disk_hotplug nicprop= diskprop=x"]
+    assert vmhooks("vm", "destroy", name).returncode == 0

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from vmhooks.agent import DEVICE_OPERATIONS, Agent
 from vmhooks.config import AgentSettings, split_address
-from vmhooks.errors import HookError, UsageError, VmhooksError
+from vmhooks.errors import ERROR_CODES, HookError, UsageError, VmhooksError
 
 log = logging.getLogger("vmhooks.api")
 
@@ -38,15 +38,6 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
-ERROR_CODES = {
-    "hook_error": 1,
-    "no_such_vm": 2,
-    "bad_request": 3,
-    "libvirt_error": 4,
-    "not_supported": 5,
-    "wrong_state": 6,
-    "error": 7,
-}
 
 
 class Param(NamedTuple):

@@ -2,6 +2,19 @@
 from __future__ import annotations
 
 
+# The stable code of each kind of error: the API's `error.code`, and the CLI's
+# with --json. JSON-RPC's own codes (-32700...) are the API's alone.
+ERROR_CODES = {
+    "hook_error": 1,
+    "no_such_vm": 2,
+    "bad_request": 3,
+    "libvirt_error": 4,
+    "not_supported": 5,
+    "wrong_state": 6,
+    "error": 7,
+}
+
+
 class VmhooksError(Exception):
     """Base class: str(error) is the one line shown to the user."""
 

@@ -2,6 +2,7 @@
 result is used (hook-points.md, one row each)."""
 from __future__ import annotations
 
+import difflib
 import enum
 from typing import NamedTuple
 
@@ -120,4 +121,12 @@ def get_point(name: str) -> HookPoint:
     hint = ""
     if name.lower() in POINTS:
         hint = f" (did you mean {name.lower()!r}? point names are lower case)"
+    else:
+        # A prefix ('before_vm_migrate') names its points; else the closest spelling.
+        nearest = [point for point in POINTS if point.startswith(name.lower())][:3]
+        nearest = nearest or difflib.get_close_matches(name.lower(), POINTS, n=1, cutoff=0.6)
+        if nearest:
+            hint = f" (did you mean {' or '.join(map(repr, nearest))}? 'vmhooks hooks points' lists them all)"
+        else:
+            hint = " ('vmhooks hooks points' lists them all)"
     raise UnknownPointError(f"unknown hook point {name!r}{hint}")

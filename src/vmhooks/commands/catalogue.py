@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from vmhooks import catalogue
-from vmhooks.catalogue import Action, CatalogueHook, FileAction, Scope
-from vmhooks.commands.common import add_hooks_dir, hooks_dir
+from vmhooks.catalogue import Action, CatalogueError, CatalogueHook, FileAction, Scope
+from vmhooks.commands.common import add_hooks_dir, add_json_option, example, hooks_dir
 from vmhooks.errors import UsageError
 
 
@@ -20,23 +20,36 @@ def register(subparsers: Any) -> None:
     )
     nested = parser.add_subparsers(dest="catalogue_command", metavar="ACTION", required=True)
 
-    listing = nested.add_parser("list", help="name, points, properties and summary of each hook")
+    listing = nested.add_parser(
+        "list",
+        help="name, points, properties and summary of each hook",
+        **example("vmhooks catalogue list --hooks-dir /usr/libexec/vdsm/hooks"),
+    )
     add_hooks_dir(listing)
-    listing.add_argument("--json", action="store_true", help="as JSON")
+    add_json_option(listing)
     listing.set_defaults(func=run_list)
 
-    show = nested.add_parser("show", help="a hook's README and manifest")
+    show = nested.add_parser("show", help="a hook's README and manifest", **example("vmhooks catalogue show pincpu"))
     show.add_argument("name", metavar="NAME")
     show.set_defaults(func=run_show)
 
-    install = nested.add_parser("install", help="install hooks into a hooks tree")
+    install = nested.add_parser(
+        "install",
+        help="install hooks into a hooks tree",
+        **example("vmhooks catalogue install pincpu cantmigrate", "vmhooks catalogue install --all [--force]"),
+    )
     install.add_argument("names", metavar="NAME", nargs="*")
-    install.add_argument("--all", action="store_true", help="every hook of the catalogue")
-    install.add_argument("--force", action="store_true", help="overwrite modified copies")
+    install.add_argument(
+        "--all", action="store_true",
+        help="every hook of the catalogue: those in the way of a modified copy are skipped and reported",
+    )  # fmt: skip
+    install.add_argument("--force", action="store_true", help="overwrite modified copies and scripts not ours")
     add_hooks_dir(install)
     install.set_defaults(func=run_install)
 
-    uninstall = nested.add_parser("uninstall", help="remove installed hooks")
+    uninstall = nested.add_parser(
+        "uninstall", help="remove installed hooks", **example("vmhooks catalogue uninstall cantmigrate")
+    )
     uninstall.add_argument("names", metavar="NAME", nargs="+")
     uninstall.add_argument("--force", action="store_true", help="remove modified copies too")
     add_hooks_dir(uninstall)
@@ -46,9 +59,11 @@ def register(subparsers: Any) -> None:
         "properties",
         help="the property rules in oVirt's UserDefinedVMProperties form",
         description="Print the custom properties the named hooks (default: the hooks installed "
-        "under the hooks dir) declare, as 'name=regex;...' for engine-config.",
+        "under the hooks dir; --all: every catalogue hook) declare, as 'name=regex;...' for engine-config.",
+        **example("vmhooks catalogue properties", "vmhooks catalogue properties --all", "vmhooks catalogue properties pincpu"),
     )
     props.add_argument("names", metavar="NAME", nargs="*")
+    props.add_argument("--all", action="store_true", help="every hook of the catalogue, installed or not")
     add_hooks_dir(props)
     props.set_defaults(func=run_properties)
 
@@ -67,8 +82,8 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"  {'':<{width}}  points: {', '.join(hook.points)}")
         props = ", ".join(_property_label(decl) for decl in hook.properties) or "(none)"
         print(f"  {'':<{width}}  properties: {props}")
-    if installed:
-        print(f"\n* installed under {root}")
+    where = root if root.is_dir() else f"{root} (which does not exist)"
+    print(f"\n* = installed under {where}; (device) = a device custom property (--device-prop)")
     return 0
 
 
@@ -83,12 +98,25 @@ def run_show(args: argparse.Namespace) -> int:
 def run_install(args: argparse.Namespace) -> int:
     if args.all and args.names:
         raise UsageError("give hook names or --all, not both")
-    names = catalogue.catalogue_names() if args.all else args.names
-    if not names:
+    if not args.all and not args.names:
         raise UsageError("name the hooks to install (see `vmhooks catalogue list`), or --all")
     root = hooks_dir(args)
-    actions = catalogue.install(names, root, force=args.force)
+    if not args.all:  # named hooks: all of them or none
+        _report(catalogue.install(args.names, root, force=args.force), root)
+        return 0
+    # --all: each hook on its own, so one conflict skips that hook, not the rest.
+    actions: list[FileAction] = []
+    skipped: list[str] = []
+    for name in catalogue.catalogue_names():
+        try:
+            actions += catalogue.install([name], root, force=args.force)
+        except CatalogueError as exc:
+            skipped.append(f"{name}: {exc}")
     _report(actions, root)
+    if skipped:
+        print(f"skipped {len(skipped)} hook(s):")
+        for line in skipped:
+            print(f"  {line}")
     return 0
 
 
@@ -100,13 +128,17 @@ def run_uninstall(args: argparse.Namespace) -> int:
 
 
 def run_properties(args: argparse.Namespace) -> int:
-    if args.names:
+    if args.all and args.names:
+        raise UsageError("give hook names or --all, not both")
+    if args.all:
+        hooks = list(catalogue.available())
+    elif args.names:
         hooks = [catalogue.get_hook(name) for name in args.names]
     else:
         root = hooks_dir(args)
         hooks = [record.hook for record in catalogue.installed(root).values()] if root.is_dir() else []
         if not hooks:
-            raise UsageError(f"no catalogue hooks installed under {root}: name hooks to describe")
+            raise UsageError(f"no catalogue hooks installed under {root}: name hooks to describe, or --all")
     vm_decls = [d for hook in hooks for d in hook.properties if d.scope is Scope.VM]
     device_decls = [d for hook in hooks for d in hook.properties if d.scope is Scope.DEVICE]
     if vm_decls:

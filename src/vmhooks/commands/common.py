@@ -7,6 +7,7 @@ import sys
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from vmhooks.client import Client
 from vmhooks.config import default_hooks_dir, default_socket, pythonpath_dirs
@@ -40,15 +41,46 @@ def hooks_dir(args: argparse.Namespace) -> Path:
     return args.hooks_dir if args.hooks_dir is not None else default_hooks_dir()
 
 
+def existing_hooks_dir(args: argparse.Namespace) -> Path:
+    """The hooks root, which must exist: one error (exit 2) for every command
+    that reads a tree, rather than an empty answer that hides a typo."""
+    root = hooks_dir(args)
+    if not root.is_dir():
+        raise UsageError(f"hooks directory {str(root)!r} does not exist")
+    return root
+
+
 def name_values(pairs: list[str] | None, what: str) -> dict[str, str]:
-    """['a=1', 'b'] -> {'a': '1', 'b': ''} (a bare name is a flag property)."""
+    """['a=1', 'b='] -> {'a': '1', 'b': ''}. A pair without '=' or a name
+    given twice is an error: either is a typo more often than a wish."""
     values: dict[str, str] = {}
     for pair in pairs or ():
-        name, _, value = pair.partition("=")
-        if not name:
-            raise UsageError(f"{what} {pair!r} has no name (expected NAME=VALUE)")
+        name, sep, value = pair.partition("=")
+        if not name or not sep:
+            raise UsageError(f"{what} {pair!r}: expected NAME=VALUE (NAME= for an empty value)")
+        if name in values:
+            raise UsageError(f"{what} {name!r} is given twice")
         values[name] = value
     return values
+
+
+def device_values(pairs: list[str] | None, what: str = "--device-prop") -> dict[str, dict[str, str]]:
+    """['52:54:00:12:34:56:extnet=br0'] -> {'52:54:00:12:34:56': {'extnet': 'br0'}}.
+
+    The device is everything before the last ':' that comes before the first
+    '=', so a MAC address (which has colons of its own) names a device and a
+    value may hold ':' and '='."""
+    devices: dict[str, dict[str, str]] = {}
+    for pair in pairs or ():
+        head, sep, value = pair.partition("=")
+        device, colon, name = head.rpartition(":")
+        if not sep or not colon or not device or not name:
+            raise UsageError(f"{what} {pair!r}: expected DEVICE:NAME=VALUE")
+        props = devices.setdefault(device, {})
+        if name in props:
+            raise UsageError(f"{what} {name!r} is given twice for device {device!r}")
+        props[name] = value
+    return devices
 
 
 def read_input(source: str, what: str) -> str:
@@ -70,7 +102,22 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"the agent's socket (default: $VMHOOKS_SOCKET, else {default_socket()})",
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(parser)
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help='JSON output; errors too, as {"error": {"code", "message"}} on stdout'
+    )
+
+
+def example(*lines: str) -> dict[str, Any]:
+    """add_parser() arguments that end the command's --help with examples."""
+    heading = "example:" if len(lines) == 1 else "examples:"
+    return {
+        "epilog": heading + "\n" + "\n".join(f"  {line}" for line in lines),
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
 
 
 def client(args: argparse.Namespace) -> Client:
@@ -88,20 +135,6 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells
     )
-
-
-def field_rows(data: dict[str, object], prefix: str = "") -> list[list[object]]:
-    """FIELD/VALUE rows of a VDSM-shaped report: nested maps as dotted names
-    (disks.vda.readRate), lists joined."""
-    rows: list[list[object]] = []
-    for key, value in sorted(data.items()):
-        if isinstance(value, dict):
-            rows += field_rows(value, f"{prefix}{key}.")
-        elif isinstance(value, list):
-            rows.append([f"{prefix}{key}", ", ".join(str(item) for item in value)])
-        else:
-            rows.append([f"{prefix}{key}", value])
-    return rows
 
 
 MIN_UUID_PREFIX = 8
@@ -126,3 +159,20 @@ def match_vm(query: str, candidates: Iterable[tuple[str, str]]) -> str:
         raise UsageError(f"no VM named {query!r} or with a UUID starting with it{hint}")
     listed = ", ".join(f"{vm_id} ({name})" for vm_id, name in pairs if vm_id in found)
     raise UsageError(f"{query!r} could be {len(found)} VMs: {listed}; give more of the UUID")
+
+
+def resolve_vm(agent: Client, vm: str) -> str:
+    """A VM's UUID from its UUID, its name or a unique UUID prefix."""
+    try:
+        return str(uuid.UUID(vm))
+    except ValueError:
+        pass
+    return match_vm(vm, ((item["vmId"], item["name"]) for item in agent.call("VM.list")))
+
+
+def show_vm(args: argparse.Namespace, result: dict[str, Any], done: str = "") -> None:
+    """The agent's summary of a VM: as JSON, or `name (uuid): [done, ]status`."""
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{result['name']} ({result['vmId']}): {done + ', ' if done else ''}{result['status']}")

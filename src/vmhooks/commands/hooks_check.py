@@ -9,11 +9,11 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
-from vmhooks.commands.common import add_hooks_dir, add_hooks_pythonpath, hooks_dir, hooks_pythonpath
+from vmhooks.commands.common import add_hooks_dir, add_hooks_pythonpath, example, existing_hooks_dir, hooks_pythonpath
 from vmhooks.discovery import unsafe_reason
 from vmhooks.environment import build_environment
 from vmhooks.hookimports import ImportCheck, parse_shebang, top_level_imports, unresolved_imports
-from vmhooks.errors import UnknownPointError, UsageError
+from vmhooks.errors import UnknownPointError
 from vmhooks.points import get_point
 
 # Python 2 idioms that fail at run time under Python 3 (syntax errors are
@@ -24,16 +24,18 @@ MAX_SCRIPT_BYTES = 4 << 20
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("check", help="lint a hooks tree (exit 1 on any problem)")
+    parser = subparsers.add_parser(
+        "check",
+        help="lint a hooks tree (exit 1 on any problem)",
+        **example("vmhooks hooks check --hooks-dir /usr/libexec/vdsm/hooks"),
+    )
     add_hooks_dir(parser)
     add_hooks_pythonpath(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    root = hooks_dir(args)
-    if not root.is_dir():
-        raise UsageError(f"hooks directory {str(root)!r} does not exist")
+    root = existing_hooks_dir(args)
     problems = list(check_tree(root, hooks_pythonpath(args)))
     for problem in problems:
         print(problem)

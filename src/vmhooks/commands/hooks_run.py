@@ -8,7 +8,7 @@ import sys
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from vmhooks.commands.common import add_hooks_dir, add_hooks_pythonpath, hooks_dir, hooks_pythonpath, name_values, read_input
+from vmhooks.commands.common import add_hooks_dir, add_hooks_pythonpath, example, existing_hooks_dir, hooks_pythonpath, name_values, read_input
 from vmhooks.errors import UsageError
 from vmhooks.points import HookPoint, Payload, Scope, get_point
 from vmhooks import metadata, properties
@@ -21,15 +21,20 @@ def register(subparsers: Any) -> None:
         "run",
         help="dry-run a point's chain against an XML or JSON payload",
         description="Run POINT's scripts offline, as the agent would, and report what each did.",
+        **example(
+            "vmhooks hooks run before_vm_start --hooks-dir hooks --xml domain.xml --prop pincpu=1-4",
+            "vmhooks hooks run after_get_caps --json caps.json --output payload",
+        ),
     )
-    parser.add_argument("point", metavar="POINT")
+    parser.add_argument("point", metavar="POINT", help="a hook point ('vmhooks hooks points' lists them)")
     add_hooks_dir(parser)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--xml", metavar="FILE", help="domain or device XML ('-' for stdin)")
     source.add_argument("--json", metavar="FILE", help="JSON payload ('-' for stdin)")
     parser.add_argument("--vm-id", help="vmId (default: the domain XML's <uuid>)")
-    parser.add_argument("--prop", action="append", metavar="NAME=VALUE", help="custom property")
-    parser.add_argument("--param", action="append", metavar="NAME=VALUE", help="call parameter")
+    parser.add_argument("--prop", action="append", metavar="NAME=VALUE",
+                        help="a custom property (repeatable, each name once; NAME= for an empty value)")
+    parser.add_argument("--param", action="append", metavar="NAME=VALUE", help="a call parameter (repeatable)")
     parser.add_argument(
         "--properties",
         metavar="NAME=REGEX;...",
@@ -48,15 +53,16 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     point = get_point(args.point)
+    root = existing_hooks_dir(args)
     payload = _payload(point, args)
     if args.timeout is not None and not args.timeout > 0:
         raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
     vm_id = args.vm_id
     if vm_id is None and point.scope is not Scope.HOST and point.payload is Payload.DOMAIN:
         vm_id = _domain_uuid(payload)
-    rules = properties.combine(installed_property_rules(hooks_dir(args)), properties.parse_user_defined(args.properties))
+    rules = properties.combine(installed_property_rules(root), properties.parse_user_defined(args.properties))
     config = RunnerConfig(
-        hooks_dir(args), allow_unsafe=args.allow_unsafe, property_rules=rules,
+        root, allow_unsafe=args.allow_unsafe, property_rules=rules,
         hooks_pythonpath=hooks_pythonpath(args), libvirt_uri=args.libvirt_uri,
     )  # fmt: skip
     result = run_chain(

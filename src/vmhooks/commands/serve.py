@@ -4,15 +4,20 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import signal
-import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from vmhooks import __version__, logs
 from vmhooks.commands.common import add_hooks_pythonpath, hooks_pythonpath
+from vmhooks.commands.display import duration
 from vmhooks.config import DEFAULT_CONFIG_FILE, AgentSettings, default_hooks_dir, load_settings_file
 from vmhooks.errors import UsageError
+
+log = logging.getLogger("vmhooks")
 
 
 def register(subparsers: Any) -> None:
@@ -27,7 +32,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--hooks-dir", type=Path, help="hooks root (default: $VMHOOKS_HOOKS_DIR or /usr/libexec/vdsm/hooks)")
     parser.add_argument("--state-dir", type=Path, help="SQLite state, history, hibernation images (default: /var/lib/vmhooks)")
     parser.add_argument("--save-dir", type=Path, help="hibernation images, written by libvirtd (default: <state-dir>/hibernation)")
-    parser.add_argument("--run-dir", type=Path, help="socket, launch flags and hook payloads, best on tmpfs (default: /run/vmhooks)")
+    parser.add_argument("--run-dir", type=Path, help="socket, launch flags and hook payloads, best on tmpfs "
+                        "(default: /run/vmhooks, or <socket dir>/<socket name>.run when only --socket is given)")
     parser.add_argument("--socket", type=Path, help="the API socket (default: <run-dir>/vmhooks.sock)")
     parser.add_argument("--socket-group", help="also let this group use the socket (mode 0660)")
     parser.add_argument("--hook-timeout", type=float, metavar="S", help="seconds per hook script (default: 60)")
@@ -43,7 +49,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--migration-ports", metavar="LOW-HIGH", help="ports for incoming migrations (default: 49152-49215)")
     parser.add_argument("--migration-libvirt-uri", metavar="URI", help="how peers' libvirtd reaches ours (default: --libvirt-uri)")
     add_hooks_pythonpath(parser)
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
+    parser.add_argument("--log-format", default="text", choices=logs.FORMATS,
+                        help="text (default; under systemd, journald priorities and no timestamps) "
+                        "or json, one object per line for log shippers")
     parser.set_defaults(func=run)
 
 
@@ -58,6 +67,11 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         value = getattr(args, field, None)
         if value is not None:
             values[field] = hooks_pythonpath(args) if field == "hooks_pythonpath" else value
+    if values.get("socket") is not None and values.get("run_dir") is None:
+        # A socket of its own means an agent of its own: its payloads and
+        # launch flags go beside the socket, never into another agent's run dir.
+        socket = Path(values["socket"])
+        values["run_dir"] = socket.with_name(f"{socket.stem}.run")
     settings = AgentSettings(**values)
     if not settings.hook_timeout > 0:
         raise UsageError("hook timeout must be a positive number of seconds")
@@ -70,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from vmhooks.agent import Agent
     from vmhooks.api import make_servers
 
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.setup(args.log_level, args.log_format)
     settings = settings_from(args)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every thread's stack
     stop = threading.Event()
@@ -80,14 +92,12 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     agent = Agent(settings)
     servers = make_servers(agent)  # bound (fails fast if another agent runs) but not serving yet
+    started = time.monotonic()
     try:
         agent.start()  # before_vdsm_start, then connect and re-attach
         for server in servers:
             threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
-        logging.getLogger("vmhooks").info(
-            "serving on %s%s (libvirt %s, hooks %s)", settings.socket_path,
-            f" and {settings.listen} (TLS)" if settings.listen else "", settings.libvirt_uri, settings.hooks_dir,
-        )  # fmt: skip
+        _log_start(settings)
         # A signal may land on a thread that is not Python's main thread (libvirt's
         # event loop): the handler then runs only when the main thread next runs
         # Python code, so wake it up regularly rather than sleep for good.
@@ -99,4 +109,20 @@ def run(args: argparse.Namespace) -> int:
         for server in servers:
             server.server_close()
         agent.stop()  # after_vdsm_stop
+        uptime = time.monotonic() - started
+        log.info("vmhooks stopped after %s%s", duration(uptime), "" if stop.is_set() else " (on an error)",
+                 extra={"event": "stop", "uptime_s": round(uptime, 3)})  # fmt: skip
     return 0
+
+
+def _log_start(settings: AgentSettings) -> None:
+    """The one line that says what this agent is: version, libvirt, hooks, where it listens."""
+    addresses = [str(settings.socket_path)] + ([f"{settings.listen} (mutual TLS)"] if settings.listen else [])
+    log.info(
+        "vmhooks %s started: libvirt %s, hooks %s, state %s, run %s, API on %s",
+        __version__, settings.libvirt_uri, settings.hooks_dir, settings.state_dir, settings.run_dir,
+        " and ".join(addresses),
+        extra={"event": "start", "version": __version__, "libvirt_uri": settings.libvirt_uri,
+               "hooks_dir": str(settings.hooks_dir), "state_dir": str(settings.state_dir),
+               "run_dir": str(settings.run_dir), "listen": addresses, "pid": os.getpid()},
+    )  # fmt: skip

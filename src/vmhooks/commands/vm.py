@@ -1,65 +1,103 @@
-"""`vmhooks vm ACTION`: drive the agent's VMs (VM = UUID or name)."""
+"""`vmhooks vm ACTION`: drive the agent's VMs. Wherever a VM is named, it
+may be its UUID, its name or a unique UUID prefix (8 characters or more).
+
+The actions are tables where they share a shape: VM_ACTIONS take just a
+VM; `vm_devices.DEVICE_ACTIONS` take a VM and a device XML."""
 from __future__ import annotations
 
 import argparse
-import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
-from vmhooks.client import Client
-from vmhooks.commands.common import add_client_options, client, field_rows, match_vm, name_values, print_json, read_input, table
-from vmhooks.errors import UsageError
+from vmhooks.commands import vm_devices
+from vmhooks.commands.common import (
+    add_client_options,
+    client,
+    device_values,
+    example,
+    name_values,
+    print_json,
+    read_input,
+    resolve_vm,
+    show_vm,
+    table,
+)
+from vmhooks.commands.display import field_rows
 
-# action -> (API method, help): the actions that take just a VM.
-VM_ACTIONS = {
-    "destroy": ("VM.destroy", "stop the VM (before/after_vm_destroy)"),
-    "pause": ("VM.pause", "pause the VM"),
-    "cont": ("VM.cont", "continue a paused VM"),
-    "hibernate": ("VM.hibernate", "save the VM's memory to a file and stop it"),
-    "dehibernate": ("VM.dehibernate", "restore a hibernated VM"),
-    "stats": ("VM.getStats", "the VM's stats (after_get_vm_stats applied)"),
-}
+VM_HELP = "the VM: its UUID, its name, or a unique UUID prefix"
+DEVICE_PROP_HELP = (
+    "a device custom property (repeatable). DEVICE is the device's MAC address, its target dev "
+    "(vda) or its alias, which must be in the XML (<alias name='ua-net0'/>); "
+    "e.g. 52:54:00:12:34:56:extnet=ovirtmgmt"
+)
+
+
+class VmAction(NamedTuple):
+    """An action that takes a VM and nothing else."""
+
+    method: str
+    help: str
+    example: str
+
+
+VM_ACTIONS: dict[str, VmAction] = {
+    "destroy": VmAction("VM.destroy", "stop the VM (before/after_vm_destroy)", "vmhooks vm destroy myvm"),
+    "pause": VmAction("VM.pause", "pause the VM", "vmhooks vm pause myvm"),
+    "cont": VmAction("VM.cont", "continue a paused VM", "vmhooks vm cont 3573e29e"),
+    "hibernate": VmAction("VM.hibernate", "save the VM's memory to a file and stop it", "vmhooks vm hibernate myvm"),
+    "dehibernate": VmAction("VM.dehibernate", "restore a hibernated VM", "vmhooks vm dehibernate myvm"),
+    "stats": VmAction("VM.getStats", "the VM's stats (after_get_vm_stats applied)", "vmhooks vm stats myvm --json"),
+    "xml": VmAction("VM.getXML", "the VM's live domain XML (the last one known if it is down)",
+                    "vmhooks vm xml myvm > myvm.xml"),
+}  # fmt: skip
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("vm", help="create, list and operate the agent's VMs")
+    parser = subparsers.add_parser(
+        "vm",
+        help="create, list and operate the agent's VMs",
+        description="Operate the agent's VMs, one action per API method. A VM is named by its UUID, "
+        "its name or a unique UUID prefix of 8 characters or more.",
+    )
     actions = parser.add_subparsers(dest="vm_command", metavar="ACTION", required=True)
 
-    create = actions.add_parser("create", help="start a VM from a domain XML file")
+    create = actions.add_parser(
+        "create",
+        help="start a VM from a domain XML file",
+        **example(
+            "vmhooks vm create domain.xml --prop pincpu=1-4",
+            "vmhooks vm create domain.xml --device-prop 52:54:00:12:34:56:extnet=ovirtmgmt --paused",
+        ),
+    )
     create.add_argument("xml", metavar="FILE.xml", help="domain XML ('-' for stdin)")
-    create.add_argument("--prop", action="append", metavar="NAME=VALUE", help="VM custom property")
-    create.add_argument(
-        "--device-prop", action="append", metavar="DEVICE:NAME=VALUE",
-        help="device custom property; DEVICE is its alias, MAC or target dev",
-    )  # fmt: skip
+    create.add_argument("--prop", action="append", metavar="NAME=VALUE", help="a VM custom property (repeatable)")
+    create.add_argument("--device-prop", action="append", metavar="DEVICE:NAME=VALUE", help=DEVICE_PROP_HELP)
     create.add_argument("--paused", action="store_true", help="start paused (launch flags)")
     create.add_argument("--vm-id", help="vmId (default: the XML's <uuid>)")
     add_client_options(create)
     create.set_defaults(func=run_create)
 
-    listing = actions.add_parser("list", help="the agent's VMs")
+    listing = actions.add_parser("list", help="the agent's VMs", **example("vmhooks vm list", "vmhooks vm list --json"))
     add_client_options(listing)
     listing.set_defaults(func=run_list)
 
-    migrate = actions.add_parser("migrate", help="live-migrate a VM to another agent")
-    migrate.add_argument("vm", metavar="VM", help="UUID or name")
+    migrate = actions.add_parser(
+        "migrate", help="live-migrate a VM to another agent", **example("vmhooks vm migrate myvm --to otherhost:54321")
+    )
+    migrate.add_argument("vm", metavar="VM", help=VM_HELP)
     migrate.add_argument("--to", required=True, metavar="HOST:PORT", help="the destination agent's --listen address")
     add_client_options(migrate)
     migrate.set_defaults(func=run_migrate)
 
-    for action, (_method, help_text) in VM_ACTIONS.items():
-        sub = actions.add_parser(action, help=help_text)
-        sub.add_argument("vm", metavar="VM", help="UUID or name")
+    for action, spec in VM_ACTIONS.items():
+        sub = actions.add_parser(action, help=spec.help, description=spec.help, **example(spec.example))
+        sub.add_argument("vm", metavar="VM", help=VM_HELP)
         add_client_options(sub)
         sub.set_defaults(func=run_action, action=action)
 
+    vm_devices.register(actions, VM_HELP)
 
-def resolve(agent: Client, vm: str) -> str:
-    """A VM's UUID from its UUID, its name or a unique UUID prefix."""
-    try:
-        return str(uuid.UUID(vm))
-    except ValueError:
-        pass
-    return match_vm(vm, ((item["vmId"], item["name"]) for item in agent.call("VM.list")))
+
+resolve = resolve_vm  # what other commands import
 
 
 def run_create(args: argparse.Namespace) -> int:
@@ -67,22 +105,11 @@ def run_create(args: argparse.Namespace) -> int:
     if args.prop:
         params["custom"] = name_values(args.prop, "--prop")
     if args.device_prop:
-        params["deviceCustom"] = _device_props(args.device_prop)
+        params["deviceCustom"] = device_values(args.device_prop)
     if args.vm_id:
         params["vmId"] = args.vm_id
-    result = client(args).call("VM.create", **params)
-    _show(args, result)
+    show_vm(args, client(args).call("VM.create", **params))
     return 0
-
-
-def _device_props(pairs: list[str]) -> dict[str, dict[str, str]]:
-    devices: dict[str, dict[str, str]] = {}
-    for pair in pairs:
-        device, sep, assignment = pair.partition(":")
-        if not sep or not device:
-            raise UsageError(f"--device-prop {pair!r}: expected DEVICE:NAME=VALUE")
-        devices.setdefault(device, {}).update(name_values([assignment], "--device-prop"))
-    return devices
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -99,32 +126,29 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_action(args: argparse.Namespace) -> int:
     agent = client(args)
-    method, _ = VM_ACTIONS[args.action]
-    result = agent.call(method, vmId=resolve(agent, args.vm))
-    if args.action == "stats" and not args.json:
-        for stats in result["statsList"]:
-            print(table(["FIELD", "VALUE"], field_rows(stats)))
-        return 0
-    _show(args, result)
+    vm_id = resolve_vm(agent, args.vm)
+    result = agent.call(VM_ACTIONS[args.action].method, vmId=vm_id)
+    if args.action == "xml":
+        if args.json:
+            print_json({"vmId": vm_id, "xml": result})
+        else:
+            print(result.rstrip("\n"))
+    elif args.action == "stats" and not args.json:
+        print("\n\n".join(table(["FIELD", "VALUE"], field_rows(stats)) for stats in result["statsList"]))
+    else:
+        show_vm(args, result)
     return 0
 
 
 def run_migrate(args: argparse.Namespace) -> int:
     agent = client(args)
-    result = agent.call("VM.migrate", vmId=resolve(agent, args.vm), dst=args.to)
+    result = agent.call("VM.migrate", vmId=resolve_vm(agent, args.vm), dst=args.to)
     if args.json:
         print_json(result)
     else:
         print(f"{result['name']} ({result['vmId']}): migrated to {result['destination']}"
               f" ({result.get('destinationStatus') or 'status unknown'} there)")  # fmt: skip
     return 0
-
-
-def _show(args: argparse.Namespace, result: dict[str, Any]) -> None:
-    if args.json:
-        print_json(result)
-    else:
-        print(f"{result['name']} ({result['vmId']}): {result['status']}")
 
 
 def _props(custom: dict[str, str]) -> str:

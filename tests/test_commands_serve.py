@@ -1,0 +1,131 @@
+"""`vmhooks serve` as an admin runs it: where its run directory goes, and
+the lines it logs at start and stop (terminal, journal, JSON)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agentproc import VMHOOKS, domain_xml
+
+from vmhooks import __version__
+from vmhooks.client import Client
+from vmhooks.errors import VmhooksError
+
+
+class Serve:
+    """`vmhooks serve ARGS` with its stderr in a file; stopped by SIGTERM."""
+
+    def __init__(self, root: Path, hooks_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.log_path = root / f"serve-{uuid.uuid4().hex[:6]}.log"
+        self.socket = Path(args[args.index("--socket") + 1])
+        command = [*VMHOOKS, "serve", "--config", os.devnull, "--hooks-dir", str(hooks_dir),
+                   "--state-dir", str(root / f"state-{self.socket.stem}"), *args]  # fmt: skip
+        with open(self.log_path, "wb") as log:
+            # The journal is recognised by the device and inode of stderr: this log file's.
+            st = os.fstat(log.fileno())
+            extra = {key: value.format(stderr=f"{st.st_dev}:{st.st_ino}") for key, value in (env or {}).items()}
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         env={**os.environ, **extra})  # fmt: skip
+        self.client = Client(self.socket, timeout=60)
+        deadline = time.monotonic() + 20
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited {self.proc.returncode}: {self.log()}")
+            try:
+                self.client.call("VM.list")
+                break
+            except VmhooksError:
+                assert time.monotonic() < deadline, self.log()
+                time.sleep(0.05)
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=30) == 0, self.log()
+        return self.log()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture
+def serves(tmp_path: Path) -> Iterator[list[Serve]]:
+    started: list[Serve] = []
+    yield started
+    for serve in started:
+        if serve.proc.poll() is None:
+            serve.proc.kill()
+            serve.proc.wait()
+
+
+def test_a_socket_alone_gets_its_own_run_dir(tmp_path: Path, hooks_dir: Path, serves: list[Serve]):
+    both = tmp_path / "agents"
+    for name in ("a", "b"):
+        serves.append(Serve(tmp_path, hooks_dir, "--socket", str(both / f"{name}.sock")))
+    for serve in serves:
+        vm_id = str(uuid.uuid4())
+        serve.client.call("VM.create", xml=domain_xml(f"vm-{serve.socket.stem}", vm_id), launchPaused=True)
+        run_dir = serve.socket.with_name(f"{serve.socket.stem}.run")
+        assert (run_dir / "payloads").is_dir() and (run_dir / "launch-flags").is_dir()
+        assert f", run {run_dir}, API on {serve.socket}" in serve.log()
+    assert sorted(os.listdir(both)) == ["a.run", "a.sock", "b.run", "b.sock"]
+    explicit = Serve(tmp_path, hooks_dir, "--socket", str(tmp_path / "c.sock"), "--run-dir", str(tmp_path / "run-c"))
+    serves.append(explicit)
+    assert (tmp_path / "run-c" / "payloads").is_dir() and not (tmp_path / "c.run").exists()
+
+
+def test_start_and_stop_lines_on_a_terminal(tmp_path: Path, hooks_dir: Path, serves: list[Serve]):
+    serve = Serve(tmp_path, hooks_dir, "--socket", str(tmp_path / "t.sock"))
+    serves.append(serve)
+    lines = [line for line in serve.stop().splitlines() if " INFO vmhooks: " in line]
+    assert len(lines) == 2
+    assert re.fullmatch(
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO vmhooks: vmhooks {re.escape(__version__)} started: "
+        rf"libvirt test:///default, hooks {hooks_dir}, state {tmp_path}/state-t, run {tmp_path}/t.run, "
+        rf"API on {tmp_path}/t.sock",
+        lines[0],
+    ), lines[0]
+    assert re.fullmatch(r"\S+ \S+ INFO vmhooks: vmhooks stopped after [\d.]+ (s|ms)", lines[1]), lines[1]
+
+
+def test_under_systemd_the_journal_gets_priorities_and_no_timestamps(tmp_path: Path, hooks_dir: Path, serves: list[Serve]):
+    serve = Serve(tmp_path, hooks_dir, "--socket", str(tmp_path / "j.sock"), "--log-level", "DEBUG",
+                  env={"JOURNAL_STREAM": "{stderr}"})  # fmt: skip
+    serves.append(serve)
+    assert serve.client.call("VM.list") == []
+    lines = serve.stop().splitlines()
+    assert lines and all(re.match(r"<[2-7]>(DEBUG|INFO|WARNING|ERROR|CRITICAL) ", line) for line in lines), lines
+    assert any(line.startswith(f"<6>INFO vmhooks: vmhooks {__version__} started: libvirt test:///default")
+               for line in lines)  # fmt: skip
+    assert lines[-1].startswith("<6>INFO vmhooks: vmhooks stopped after ")
+    assert any(line.startswith("<7>DEBUG ") for line in lines)
+
+
+def test_json_log_lines_for_log_shippers(tmp_path: Path, hooks_dir: Path, serves: list[Serve]):
+    serve = Serve(tmp_path, hooks_dir, "--socket", str(tmp_path / "s.sock"), "--log-format", "json")
+    serves.append(serve)
+    entries = [json.loads(line) for line in serve.stop().splitlines()]
+    start = next(entry for entry in entries if entry.get("event") == "start")
+    assert start["level"] == "INFO" and start["version"] == __version__
+    assert start["libvirt_uri"] == "test:///default" and start["hooks_dir"] == str(hooks_dir)
+    assert start["listen"] == [str(tmp_path / "s.sock")] and start["run_dir"] == str(tmp_path / "s.run")
+    stop = entries[-1]
+    assert stop["event"] == "stop" and stop["uptime_s"] > 0 and stop["message"].startswith("vmhooks stopped after")
+
+
+def test_a_bad_setting_under_systemd_is_an_error_in_the_journal(tmp_path: Path, hooks_dir: Path):
+    log_path = tmp_path / "err.log"
+    with open(log_path, "wb") as log:
+        st = os.fstat(log.fileno())
+        done = subprocess.run([*VMHOOKS, "serve", "--config", os.devnull, "--hook-timeout", "0"], stderr=log,
+                              env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert log_path.read_text() == "<3>vmhooks: hook timeout must be a positive number of seconds\n"
