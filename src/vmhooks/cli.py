@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"vmhooks: {exc}", file=sys.stderr)
+        if exc.exit_status is not None:
+            return exc.exit_status
         return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
 
 
