@@ -9,7 +9,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from agentproc import domain_xml, trace_hooks, traced
+from agentproc import domain_xml, hook_runs, trace_hooks, traced
 
 from vmhooks.agent import Agent
 from vmhooks.agent.events import handle_event
@@ -31,7 +31,7 @@ def test_vm_that_stops_by_itself_gets_after_vm_destroy(agent, hooks_dir, tmp_pat
     vm_id = str(uuid.uuid4())
     agent.create(domain_xml(f"self-stop-{vm_id[:8]}", vm_id))
     agent.conn.lookupByUUIDString(vm_id).destroy()  # behind the agent's back
-    wait_for(lambda: [r["operation"] for r in agent.history(vm_id, "after_vm_destroy")] == ["event"])
+    wait_for(lambda: [r["operation"] for r in hook_runs(agent.history(vm_id, "after_vm_destroy"))] == ["event"])
     assert traced(log, vm_id) == ["after_vm_destroy"]
     assert agent.list_vms() == []
 
@@ -137,7 +137,7 @@ def test_destination_adopts_a_migrated_vm_the_source_never_finished(agent, hooks
     assert agent.list_vms()[0]["status"] == "incoming"
     agent.conn.createXML(xml, 0)
     handle_event(agent.context, vm_id, libvirt.VIR_DOMAIN_EVENT_RESUMED, libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED)
-    wait_for(lambda: [r["operation"] for r in agent.history(vm_id, "after_vm_migrate_destination")] == ["event"])
+    wait_for(lambda: [r["operation"] for r in hook_runs(agent.history(vm_id, "after_vm_migrate_destination"))] == ["event"])
     assert traced(log, vm_id) == ["before_vm_migrate_destination", "after_vm_migrate_destination"]
     assert agent.list_vms()[0]["status"] == "up"
     # A late migrationFinish changes nothing and runs no hook twice.

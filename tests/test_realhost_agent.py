@@ -33,7 +33,7 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 import pytest
-from agentproc import VMHOOKS, AgentProcess, trace_hooks, traced
+from agentproc import VMHOOKS, AgentProcess, hook_runs, trace_hooks, traced
 from conftest import PYTHON_SHEBANG
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from realhost import (  # noqa: F401  (fixtures are found by name in this module)
@@ -181,7 +181,7 @@ class RealAgent:
         return next((vm["status"] for vm in self.call("VM.list") if vm["vmId"] == vm_id), None)
 
     def history(self, vm_id: str, point: str | None = None) -> list[dict[str, Any]]:
-        return self.call("Host.getHookHistory", vmId=vm_id, **({"point": point} if point else {}))
+        return hook_runs(self.call("Host.getHookHistory", vmId=vm_id, **({"point": point} if point else {})))
 
     def points(self, vm_id: str) -> list[tuple[str, str]]:
         """(point, operation) of each chain recorded for this VM, in order."""
