@@ -82,10 +82,15 @@ def insert_operation(tx: sqlite3.Connection, record: OperationRecord) -> int:
 
 
 def finish_operation(tx: sqlite3.Connection, operation_id: int, record: OperationRecord) -> None:
+    """The row as the operation stands now (its VM, once known; its result,
+    once it ended). Indexed columns are set only when they change: SQLite
+    rewrites the index entries of every column an UPDATE sets."""
+    values = _operation_values(record)
+    tx.execute("UPDATE operations SET vm_id = ? WHERE id = ? AND vm_id IS NOT ?", (record.vm_id, operation_id, record.vm_id))
     tx.execute(
-        "UPDATE operations SET time = ?, vm_id = ?, vm_name = ?, operation = ?, caller = ?, polled = ?, result = ?,"
-        " error_kind = ?, reason = ?, duration_s = ?, hooks_run = ?, hooks_failed = ? WHERE id = ?",
-        (*_operation_values(record), operation_id),
+        "UPDATE operations SET vm_name = ?, result = ?, error_kind = ?, reason = ?, duration_s = ?, hooks_run = ?,"
+        " hooks_failed = ? WHERE id = ?",
+        (values[2], *values[6:], operation_id),
     )
 
 
@@ -318,8 +323,9 @@ def script_stats(db: Database, since: float | None = None, until: float | None =
     """Per point and script, over [since, until): runs, failures, seconds."""
     rows = db.query(
         "SELECT c.point, r.script, COUNT(*) AS runs, SUM(r.status != 'ok') AS failed, SUM(r.duration_s) AS total_s,"
-        " MAX(r.duration_s) AS max_s, MAX(c.time) AS last_time FROM runs r JOIN chains c ON c.id = r.chain_id"
-        " WHERE c.time >= ? AND c.time < ? GROUP BY c.point, r.script ORDER BY c.point, r.script",
+        " MAX(r.duration_s) AS max_s, MAX(c.time) AS last_time FROM operations o"
+        " JOIN chains c ON c.operation_id = o.id JOIN runs r ON r.chain_id = c.id"
+        " WHERE o.time >= ? AND o.time < ? GROUP BY c.point, r.script ORDER BY c.point, r.script",
         (since if since is not None else float("-inf"), until if until is not None else float("inf")),
     )
     return [dict(row) for row in rows]

@@ -89,7 +89,6 @@ CREATE INDEX IF NOT EXISTS operations_time ON operations(time);
 CREATE INDEX IF NOT EXISTS operations_polled ON operations(polled, vm_id, operation) WHERE polled = 1;
 CREATE INDEX IF NOT EXISTS chains_operation ON chains(operation_id);
 CREATE INDEX IF NOT EXISTS chains_point_operation ON chains(point, operation_id);
-CREATE INDEX IF NOT EXISTS chains_time ON chains(time);
 CREATE INDEX IF NOT EXISTS runs_chain ON runs(chain_id);
 """
 # Version 0 recorded chains only: each old chain becomes an operation of its own.
