@@ -157,3 +157,29 @@ def test_the_demo_hint_works(tmp_path: Path):
         assert "create VM myvm" in shown.stdout and "destroy VM myvm" in shown.stdout
     finally:
         subprocess.run(["rm", "-rf", str(kept)], check=True)
+
+
+def test_the_readme_sample_is_what_it_prints(tmp_path: Path, hooks_dir: Path, make_hook):
+    make_hook("before_vm_start", "50_pincpu",
+              "sed -i \"s|<vcpu placement='static'>|<vcpu placement='static' cpuset='$pincpu'>|\" \"$_hook_domxml\"")
+    make_hook("before_vm_pause", "50_guard", 'if [ -n "$nopause" ]; then echo "pausing $vmId is forbidden" >&2; exit 2; fi')
+    make_hook("after_vm_destroy", "50_release", 'echo "lease of $vmId still held" >&2; exit 1')
+    agent = AgentProcess(tmp_path / "agent", hooks_dir).start()
+    vm_id = "3f2a8c1e-5de9-468a-9fae-16050c6b3dcc"
+    agent.call("VM.create", xml=domain_xml("web-1", vm_id), custom={"pincpu": "0-1", "nopause": "1"})
+    with pytest.raises(RpcError):
+        agent.call("VM.pause", vmId=vm_id)
+    agent.call("VM.destroy", vmId=vm_id)
+    assert agent.stop() == 0
+    printed = vmhooks("history", "--state-dir", str(agent.state_dir), "--vm", "web-1").stdout
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    sample = readme.split("$ vmhooks history --vm web-1\n", 1)[1].split("```", 1)[0]
+
+    def shape(text: str) -> list[str]:
+        """Times, durations and ids vary from run to run; the rest must not."""
+        text = re.sub(r"#\d+ \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "#N TIME", text)
+        text = re.sub(r"\(\d+\.\d+ s;", "(S s;", text)
+        text = re.sub(r"(ok|stopped-chain|error) +(\d+) +\d+\b", r"\1 \2 MS", text)
+        return [" ".join(line.split()) for line in text.strip().splitlines()]
+
+    assert shape(printed) == shape(sample)
