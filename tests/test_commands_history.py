@@ -183,3 +183,17 @@ def test_the_readme_sample_is_what_it_prints(tmp_path: Path, hooks_dir: Path, ma
         return [" ".join(line.split()) for line in text.strip().splitlines()]
 
     assert shape(printed) == shape(sample)
+
+
+def test_the_script_whose_output_was_rejected_shows_its_stderr():
+    from vmhooks.commands.history import chain_lines
+
+    run = {"script": "50_edit", "status": "ok", "rc": 0, "duration_s": 0.01, "stderr": "renamed it\n",
+           "changed": True, "diff": "", "note": ""}  # fmt: skip
+    quiet = {**run, "script": "10_quiet", "stderr": "all good\n", "changed": False}
+    chain = {"point": "before_vm_start", "rejected": "output rejected: 50_edit changed the domain <name>",
+             "edits_discarded": False, "warnings": [], "runs": [quiet, run]}  # fmt: skip
+    lines = chain_lines({"chains": [chain]}, all_stderr=False, diffs=False)
+    assert "before_vm_start/50_edit stderr:" in lines and "  | renamed it" in lines
+    assert "  | all good" not in lines
+    assert "before_vm_start: output rejected: 50_edit changed the domain <name>" in lines

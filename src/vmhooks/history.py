@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from vmhooks.runner import ChainResult
@@ -279,13 +279,13 @@ def _chains_of(operation_ids: list[int], point: str | None, db: Database) -> dic
     return chains
 
 
-def _operation(row: Mapping[str, Any]) -> dict[str, Any]:
+def _operation(row: sqlite3.Row) -> dict[str, Any]:
     item = dict(row)
     item["polled"] = bool(item["polled"])
     return item
 
 
-def _chain(row: Mapping[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _chain(row: sqlite3.Row, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "id": row["id"], "time": row["time"], "point": row["point"], "operation": row["operation"],
         "aborted": bool(row["aborted"]), "rejected": row["rejected"],
@@ -293,7 +293,7 @@ def _chain(row: Mapping[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]
     }  # fmt: skip
 
 
-def _run(row: Mapping[str, Any]) -> dict[str, Any]:
+def _run(row: sqlite3.Row) -> dict[str, Any]:
     return {
         "script": row["script"], "status": row["status"], "rc": row["rc"], "duration_s": row["duration_s"],
         "stderr": row["stderr"], "changed": bool(row["changed"]), "diff": row["diff"], "note": row["note"],

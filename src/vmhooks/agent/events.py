@@ -129,11 +129,8 @@ def recover(ctx: AgentContext) -> None:
     were away still gets its after_vm_destroy. Each VM is an operation of
     its own (caller "agent")."""
     for vm in ctx.registry.load():
-        try:
-            with ctx.operation("recover", vm.vm_id, vm_name=vm.name, caller="agent") as operation:
-                operation.reason = _recover(ctx, vm)
-        except Exception:  # one VM must not keep the others from being recovered
-            log.exception("recovering VM %s", vm.vm_id)
+        with ctx.operation("recover", vm.vm_id, vm_name=vm.name, caller="agent") as operation:
+            operation.reason = _recover(ctx, vm)
     adopt_unknown(ctx)
 
 

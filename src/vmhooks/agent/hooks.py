@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from vmhooks import environment, properties
+from vmhooks.agent.outcome import Recorder
 from vmhooks.catalogue import RECORD_DIR_NAME, installed_property_rules
 from vmhooks.config import AgentSettings
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain
-from vmhooks.agent.outcome import Recorder
 from vmhooks.store import VmRecord
 
 log = logging.getLogger("vmhooks.agent")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from vmhooks import discovery
-from vmhooks import domxml
+from vmhooks import discovery, domxml
 from vmhooks import history as history_db
 from vmhooks.agent.context import AgentContext
 from vmhooks.agent.registry import RUNNING, summary

@@ -124,6 +124,8 @@ def parse_time(text: str, what: str) -> float:
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= history.MAX_PAGE:
         raise UsageError(f"--limit must be from 1 to {history.MAX_PAGE}")
+    if args.before is not None and args.before < 1:
+        raise UsageError("--before takes an operation's number (#N), from 1")
     if args.point:
         get_point(args.point)  # a typo is an error (with a hint), not an empty history
     params: dict[str, Any] = {
@@ -185,7 +187,9 @@ def chain_lines(operation: dict[str, Any], all_stderr: bool, diffs: bool) -> lis
                 f"{run['duration_s'] * 1000:.0f}", _change(chain, run), run["note"],
             ])  # fmt: skip
             where = f"{chain['point']}/{run['script']}"
-            if run["stderr"].strip() and (all_stderr or run["status"] != "ok"):
+            blamed = (chain["rejected"] or "").startswith(f"output rejected: {run['script']} ")
+            culprit = run["status"] != "ok" or blamed
+            if run["stderr"].strip() and (all_stderr or culprit):
                 notes += [f"{where} stderr:", *(f"  | {line}" for line in run["stderr"].rstrip().splitlines())]
             if diffs and run["diff"]:
                 notes += [f"{where} diff:", *(f"  {line}" for line in run["diff"].rstrip().splitlines())]
