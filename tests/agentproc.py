@@ -85,6 +85,14 @@ class AgentProcess:
         return self.client.call(method, **params)
 
 
+def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
 def trace_hooks(hooks_dir: Path, points: list[str], log_file: Path) -> None:
     """A `05_trace` shell hook on each point that appends `<point> <vmId>` to log_file."""
     for point in points:

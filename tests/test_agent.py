@@ -9,20 +9,12 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from agentproc import domain_xml, hook_runs, trace_hooks, traced
+from agentproc import domain_xml, hook_runs, trace_hooks, traced, wait_for
 
 from vmhooks.agent import Agent
 from vmhooks.agent.events import handle_event
 from vmhooks.config import AgentSettings
 from vmhooks.errors import HookError, NoSuchVmError, UsageError, WrongStateError
-
-
-def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def test_vm_that_stops_by_itself_gets_after_vm_destroy(agent, hooks_dir, tmp_path):

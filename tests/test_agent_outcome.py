@@ -3,27 +3,18 @@ end, with who asked; what libvirt did by itself, with its reason."""
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from functools import partial
 from pathlib import Path
 
 import pytest
-from agentproc import AgentProcess, domain_xml, hook_runs, whole_history
+from agentproc import AgentProcess, domain_xml, hook_runs, wait_for, whole_history
 
 from vmhooks.agent import Agent
 from vmhooks.agent.outcome import CALLER
 from vmhooks.config import AgentSettings
 from vmhooks.errors import HookError, LibvirtError, NoSuchVmError
 from vmhooks.history import POLLED_KEPT
-
-
-def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def operations(agent: Agent, vm_id: str | None = None, **filters) -> list[dict]:
