@@ -537,6 +537,8 @@ def test_qemu_killed_from_outside_still_runs_after_vm_destroy(one_agent: RealAge
     # The history row is written when the chain ends: wait for it, not the hook.
     wait_for(lambda: agent.points(vm_id)[-1:] == [("after_vm_destroy", "event")], 20, what="after_vm_destroy")
     assert traced(log, vm_id) == ["after_vm_destroy"]
+    (event,) = [o for o in agent.call("Host.getHookHistory", vmId=vm_id)["operations"] if o["operation"] == "event"]
+    assert (event["caller"], event["reason"], event["result"]) == ("libvirt", "stopped: failed: QEMU exited or was killed", "ok")
     assert agent.call("VM.list") == []
     assert agent.domain(vm_id) is None  # transient: gone from libvirt
     with pytest.raises(RpcError) as error:
