@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,14 @@ class AgentProcess:
         return self.client.call(method, **params)
 
 
+def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
 def trace_hooks(hooks_dir: Path, points: list[str], log_file: Path) -> None:
     """A `05_trace` shell hook on each point that appends `<point> <vmId>` to log_file."""
     for point in points:
@@ -129,3 +137,29 @@ def domain_xml(name: str, uuid: str, memory_kib: int = 65536) -> str:
   </devices>
 </domain>
 """
+
+
+def hook_runs(page: dict[str, Any]) -> list[dict[str, Any]]:
+    """A history page (Host.getHookHistory) as one row per script run, oldest
+    first, each with its chain's and its operation's facts."""
+    rows = []
+    for operation in page["operations"]:
+        for chain in operation["chains"]:
+            facts = {key: value for key, value in chain.items() if key not in ("id", "runs")}
+            for run in chain["runs"]:
+                rows.append({**facts, **run, "chain": chain["id"], "vm_id": operation["vm_id"],
+                             "operation_id": operation["id"], "result": operation["result"]})  # fmt: skip
+    return rows
+
+
+def whole_history(fetch: Callable[..., dict[str, Any]], **filters: Any) -> list[dict[str, Any]]:
+    """Every operation, page after page: `fetch(before=..., **filters)` is
+    Host.getHookHistory or Agent.history."""
+    operations: list[dict[str, Any]] = []
+    before = None
+    while True:
+        page = fetch(**filters, **({"before": before} if before else {}))
+        operations[:0] = page["operations"]
+        before = page["before"]
+        if before is None:
+            return operations

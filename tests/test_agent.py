@@ -9,20 +9,12 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from agentproc import domain_xml, trace_hooks, traced
+from agentproc import domain_xml, hook_runs, trace_hooks, traced, wait_for
 
 from vmhooks.agent import Agent
 from vmhooks.agent.events import handle_event
 from vmhooks.config import AgentSettings
 from vmhooks.errors import HookError, NoSuchVmError, UsageError, WrongStateError
-
-
-def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def test_vm_that_stops_by_itself_gets_after_vm_destroy(agent, hooks_dir, tmp_path):
@@ -31,7 +23,7 @@ def test_vm_that_stops_by_itself_gets_after_vm_destroy(agent, hooks_dir, tmp_pat
     vm_id = str(uuid.uuid4())
     agent.create(domain_xml(f"self-stop-{vm_id[:8]}", vm_id))
     agent.conn.lookupByUUIDString(vm_id).destroy()  # behind the agent's back
-    wait_for(lambda: [r["operation"] for r in agent.history(vm_id, "after_vm_destroy")] == ["event"])
+    wait_for(lambda: [r["operation"] for r in hook_runs(agent.history(vm_id, "after_vm_destroy"))] == ["event"])
     assert traced(log, vm_id) == ["after_vm_destroy"]
     assert agent.list_vms() == []
 
@@ -137,7 +129,7 @@ def test_destination_adopts_a_migrated_vm_the_source_never_finished(agent, hooks
     assert agent.list_vms()[0]["status"] == "incoming"
     agent.conn.createXML(xml, 0)
     handle_event(agent.context, vm_id, libvirt.VIR_DOMAIN_EVENT_RESUMED, libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED)
-    wait_for(lambda: [r["operation"] for r in agent.history(vm_id, "after_vm_migrate_destination")] == ["event"])
+    wait_for(lambda: [r["operation"] for r in hook_runs(agent.history(vm_id, "after_vm_migrate_destination"))] == ["event"])
     assert traced(log, vm_id) == ["before_vm_migrate_destination", "after_vm_migrate_destination"]
     assert agent.list_vms()[0]["status"] == "up"
     # A late migrationFinish changes nothing and runs no hook twice.

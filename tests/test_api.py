@@ -10,10 +10,11 @@ import stat
 import threading
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pytest
-from agentproc import AgentProcess, domain_xml, trace_hooks, traced
+from agentproc import AgentProcess, domain_xml, hook_runs, trace_hooks, traced, whole_history
 
 from vmhooks.client import RpcError
 from vmhooks.points import POINTS
@@ -166,7 +167,7 @@ def test_failing_after_hook_does_not_abort(agent, make_hook):
     vm_id = new_vm(agent)
     make_hook("after_vm_pause", "50_broken", "echo oops >&2; exit 1")
     assert agent.call("VM.pause", vmId=vm_id)["status"] == "paused"
-    runs = agent.call("Host.getHookHistory", vmId=vm_id, point="after_vm_pause")
+    runs = hook_runs(agent.call("Host.getHookHistory", vmId=vm_id, point="after_vm_pause"))
     assert [(r["script"], r["status"], r["rc"], r["stderr"]) for r in runs if r["script"] == "50_broken"] == [
         ("50_broken", "error", 1, "oops\n")
     ]
@@ -202,7 +203,7 @@ def test_launch_paused_and_launch_flags_from_a_hook(agent, make_hook):
 def test_history_records_every_run_with_its_diff(agent, make_hook):
     make_hook("before_vm_start", "50_cpuset", "sed -i \"s|<vcpu placement='static'>|<vcpu placement='static' cpuset='0'>|\" \"$_hook_domxml\"; echo pinned >&2")
     vm_id = new_vm(agent)
-    runs = agent.call("Host.getHookHistory", vmId=vm_id, point="before_vm_start")
+    runs = hook_runs(agent.call("Host.getHookHistory", vmId=vm_id, point="before_vm_start"))
     mine = [r for r in runs if r["script"] == "50_cpuset"]
     assert len(mine) == 1
     run = mine[0]
@@ -346,7 +347,7 @@ def test_concurrent_operations_on_50_vms(agent):
         thread.join()
     assert errors == []
     assert agent.call("VM.list") == []
-    runs = agent.call("Host.getHookHistory", limit=10_000)
+    runs = hook_runs({"operations": whole_history(partial(agent.call, "Host.getHookHistory"), limit=1000)})
     for vm_id in vm_ids:
         points = [r["point"] for r in runs if r["vm_id"] == vm_id]
         assert points == [
@@ -404,7 +405,7 @@ def test_restart_keeps_history_and_reports_vanished_vms(tmp_path, hooks_dir, tra
     try:
         assert second.call("VM.list") == []
         assert traced(trace_log, vm_id) == ["before_vm_start", "after_vm_destroy"]
-        points = [r["point"] for r in second.call("Host.getHookHistory", vmId=vm_id)]
+        points = [r["point"] for r in hook_runs(second.call("Host.getHookHistory", vmId=vm_id))]
         assert points == ["before_vm_start", "after_vm_destroy"]
     finally:
         assert second.stop() == 0
@@ -445,7 +446,7 @@ def test_property_values_checked_against_installed_hooks_and_admin_rules(tmp_pat
         assert agent.call("VM.list") == []
         vm_id = new_vm(agent, custom={"pincpu": "0-1", "site": "lab", "other": "x"})
         assert "cpuset='0-1'" in agent.call("VM.getXML", vmId=vm_id)
-        history = agent.call("Host.getHookHistory", vmId=vm_id, point="before_vm_start")
+        history = hook_runs(agent.call("Host.getHookHistory", vmId=vm_id, point="before_vm_start"))
         assert history[-1]["warnings"] == ["custom property 'other' is declared by no installed hook or admin rule"]
     finally:
         agent.stop()

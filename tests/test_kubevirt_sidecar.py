@@ -13,10 +13,12 @@ from typing import Any
 import libvirt
 import pytest
 
+from agentproc import hook_runs
 from conftest import MakeHook
 from sidecarproc import DOMAIN_XML, VMI_JSON, vmi_json
 from vmhooks.cli import main as cli
 from vmhooks.errors import HookError, UsageError
+from vmhooks.history import Filters
 from vmhooks.kubevirt.sidecar import JsonLines, Sidecar, SidecarSettings
 
 UID = "9b2c1f4e-3a6d-4e8b-9c1d-2f3e4a5b6c7d"
@@ -111,7 +113,7 @@ def test_hooks_get_vmid_and_properties_and_every_chain_is_recorded(
     sidecar.define_domain(DOMAIN_XML, VMI_JSON, later())
     assert (marks / "vm").read_text() == f"{UID} 0-1 \n"  # the VM's properties, not the device's
     assert (marks / "dev").read_text() == f"{UID} ovs-net \n"
-    history = sidecar.store.history(vm_id=UID)
+    history = hook_runs(sidecar.store.history(Filters(vm_id=UID)))
     assert [(row["operation"], row["point"], row["script"]) for row in history] == [
         ("OnDefineDomain", "before_device_create", "10_env"),
         ("OnDefineDomain", "before_vm_start", "10_env"),
@@ -159,7 +161,7 @@ def test_bad_annotation_is_refused_and_nothing_runs(
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("[", r"\[")):
         sidecar.define_domain(DOMAIN_XML, vmi_json(annotations), later())
     assert list(marks.iterdir()) == []
-    assert sidecar.store.history() == []
+    assert sidecar.store.history()["operations"] == []
 
 
 def test_kubevirt_spec_name_gets_a_hint_to_its_alias(make_sidecar: Callable[..., Sidecar]) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import libvirt
 import libvirt_qemu
 import pytest
-from agentproc import VMHOOKS, AgentProcess, trace_hooks, traced
+from agentproc import VMHOOKS, AgentProcess, hook_runs, trace_hooks, traced
 from conftest import PYTHON_SHEBANG
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from realhost import (  # noqa: F401  (fixtures are found by name in this module)
@@ -181,7 +181,7 @@ class RealAgent:
         return next((vm["status"] for vm in self.call("VM.list") if vm["vmId"] == vm_id), None)
 
     def history(self, vm_id: str, point: str | None = None) -> list[dict[str, Any]]:
-        return self.call("Host.getHookHistory", vmId=vm_id, **({"point": point} if point else {}))
+        return hook_runs(self.call("Host.getHookHistory", vmId=vm_id, **({"point": point} if point else {})))
 
     def points(self, vm_id: str) -> list[tuple[str, str]]:
         """(point, operation) of each chain recorded for this VM, in order."""
@@ -537,6 +537,8 @@ def test_qemu_killed_from_outside_still_runs_after_vm_destroy(one_agent: RealAge
     # The history row is written when the chain ends: wait for it, not the hook.
     wait_for(lambda: agent.points(vm_id)[-1:] == [("after_vm_destroy", "event")], 20, what="after_vm_destroy")
     assert traced(log, vm_id) == ["after_vm_destroy"]
+    (event,) = [o for o in agent.call("Host.getHookHistory", vmId=vm_id)["operations"] if o["operation"] == "event"]
+    assert (event["caller"], event["reason"], event["result"]) == ("libvirt", "stopped: failed: QEMU exited or was killed", "ok")
     assert agent.call("VM.list") == []
     assert agent.domain(vm_id) is None  # transient: gone from libvirt
     with pytest.raises(RpcError) as error:

@@ -87,7 +87,12 @@ def method_table(agent: Agent) -> dict[str, Method]:
         "Host.getCapabilities": Method(agent.getCapabilities, {}),
         "Host.getStats": Method(agent.getHostStats, {}),
         "Host.getAllVmStats": Method(agent.getAllVmStats, {}),
-        "Host.getHookHistory": Method(agent.history, {"vmId": STR, "point": STR, "limit": INT}),
+        "Host.getHookHistory": Method(
+            agent.history,
+            {"vmId": STR, "point": STR, "limit": INT, "before": INT, "since": Param((int, float)),
+             "until": Param((int, float)), "failed": Param((bool,))},
+        ),
+        "Host.getHistoryVms": Method(agent.history_vms, {}),
         "Host.getHooks": Method(agent.hooks_inventory, {}),
     }  # fmt: skip
     for name in DEVICE_OPERATIONS:

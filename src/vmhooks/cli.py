@@ -94,6 +94,8 @@ def _fail(exc: VmhooksError, *, as_json: bool, debug: bool) -> int:
         # Under systemd, a syslog priority prefix makes it an error in the journal.
         priority = f"<{logs.syslog_priority(logging.ERROR)}>" if logs.stream_is_journal(sys.stderr) else ""
         print(f"{priority}vmhooks: {exc}", file=sys.stderr)
+    if exc.exit_status is not None:
+        return exc.exit_status
     return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
 
 

@@ -38,6 +38,7 @@ class AgentSettings(NamedTuple):
     properties: str | None = None  # oVirt UserDefinedVMProperties: name=regex;...
     save_dir: Path | None = None  # hibernation images (default: <state_dir>/hibernation)
     history_days: float = 90.0  # hook runs older than this are forgotten
+    history_max_mb: float = 512.0  # MiB of history kept; the oldest goes first
     # Agent-to-agent (migration) API over TCP with mutual TLS.
     listen: str | None = None  # HOST:PORT
     tls_cert: Path | None = None
@@ -67,6 +68,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "properties": str,
     "save_dir": str,
     "history_days": (int, float),
+    "history_max_mb": (int, float),
     "listen": str,
     "tls_cert": str,
     "tls_key": str,

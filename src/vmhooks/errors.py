@@ -19,6 +19,7 @@ class VmhooksError(Exception):
     """Base class: str(error) is the one line shown to the user."""
 
     kind = "error"
+    exit_status: int | None = None  # the CLI's exit status, when not the usual one
 
 
 class UsageError(VmhooksError):
@@ -65,3 +66,14 @@ class NotSupportedError(VmhooksError):
     """The libvirt driver in use does not implement the operation."""
 
     kind = "not_supported"
+
+
+class StateError(VmhooksError):
+    """The agent's state database cannot be opened, read or written (disk full, I/O error)."""
+
+
+class CorruptStateError(StateError):
+    """The state database is not one vmhooks can use: the agent must not
+    start, and systemd must not restart it in a loop (EX_CONFIG)."""
+
+    exit_status = 78

@@ -1,57 +1,31 @@
-"""The agent's state in SQLite (WAL): the VMs it runs and the history of
-every hook run. One connection, serialised by a lock: writes are small and
-SQLite allows one writer at a time anyway."""
+"""The agent's state: the VMs it runs and the history of what it did
+(`vmhooks.history`), in one SQLite file (`vmhooks.statedb`).
+
+Every method raises `StateError` (one line naming the file) when SQLite
+fails, and counts it: `counters()` is what an admin and a metrics endpoint
+read (failed writes, pruned rows)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from vmhooks import history
+from vmhooks.errors import StateError
+from vmhooks.history import Filters, OperationRecord, Pruned
 from vmhooks.runner import ChainResult
+from vmhooks.statedb import Database
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS vms (
-    vm_id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    xml TEXT NOT NULL,
-    custom TEXT NOT NULL DEFAULT '{}',
-    device_custom TEXT NOT NULL DEFAULT '{}',
-    save_path TEXT,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS chains (
-    id INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    vm_id TEXT,
-    point TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    aborted INTEGER NOT NULL,
-    rejected TEXT,
-    edits_discarded INTEGER NOT NULL,
-    warnings TEXT NOT NULL DEFAULT '[]'
-);
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY,
-    chain_id INTEGER NOT NULL REFERENCES chains(id),
-    script TEXT NOT NULL,
-    status TEXT NOT NULL,
-    rc INTEGER,
-    duration_s REAL NOT NULL,
-    stderr TEXT NOT NULL,
-    changed INTEGER NOT NULL,
-    diff TEXT NOT NULL,
-    note TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS chains_vm ON chains(vm_id, id);
-CREATE INDEX IF NOT EXISTS chains_point ON chains(point, id);
-CREATE INDEX IF NOT EXISTS runs_chain ON runs(chain_id);
-"""
+COUNTERS = (
+    "vm_write_failures",  # VM records SQLite refused (the agent retries them)
+    "history_write_failures",  # operations and chains that could not be recorded
+    "pruned_operations",
+    "pruned_chains",
+)
 
 
 class VmRecord(NamedTuple):
@@ -65,140 +39,126 @@ class VmRecord(NamedTuple):
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
+        self.db = Database(path, read_only)
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._counts_lock = threading.Lock()
+
+    @classmethod
+    def open_read_only(cls, path: Path) -> Store:
+        """Reads only, never creating or changing a file (the agent may be down)."""
+        return cls(path, read_only=True)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
+
+    def counters(self) -> dict[str, int]:
+        with self._counts_lock:
+            return dict(self._counts)
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        with self._counts_lock:
+            self._counts[name] += amount
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _counting(self, counter: str) -> Iterator[None]:
+        try:
+            yield
+        except StateError:
+            self._count(counter)
+            raise
 
     # -- VMs ---------------------------------------------------------------
 
     def put_vm(self, vm: VmRecord) -> None:
-        with self._transaction() as db:
-            db.execute(
+        with self._counting("vm_write_failures"), self.db.transaction(f"writing VM {vm.vm_id} to") as tx:
+            tx.execute(
                 "INSERT OR REPLACE INTO vms VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    vm.vm_id,
-                    vm.name,
-                    vm.status,
-                    vm.xml,
-                    json.dumps(vm.custom),
-                    json.dumps(vm.device_custom),
-                    vm.save_path,
-                    time.time(),
-                ),
-            )
+                (vm.vm_id, vm.name, vm.status, vm.xml, json.dumps(vm.custom), json.dumps(vm.device_custom),
+                 vm.save_path, time.time()),
+            )  # fmt: skip
 
     def delete_vm(self, vm_id: str) -> None:
-        with self._transaction() as db:
-            db.execute("DELETE FROM vms WHERE vm_id = ?", (vm_id,))
+        with self._counting("vm_write_failures"), self.db.transaction(f"removing VM {vm_id} from") as tx:
+            tx.execute("DELETE FROM vms WHERE vm_id = ?", (vm_id,))
 
     def vms(self) -> list[VmRecord]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM vms ORDER BY name").fetchall()
+        rows = self.db.query("SELECT * FROM vms ORDER BY name")
         return [
-            VmRecord(
-                row["vm_id"],
-                row["name"],
-                row["status"],
-                row["xml"],
-                json.loads(row["custom"]),
-                json.loads(row["device_custom"]),
-                row["save_path"],
-            )
+            VmRecord(row["vm_id"], row["name"], row["status"], row["xml"], json.loads(row["custom"]),
+                     json.loads(row["device_custom"]), row["save_path"])
             for row in rows
-        ]
+        ]  # fmt: skip
 
-    # -- hook history --------------------------------------------------------
+    # -- history: writing --------------------------------------------------------
 
-    def record_chain(self, operation: str, vm_id: str | None, result: ChainResult) -> None:
-        if not result.scripts and not result.warnings:
-            return  # nothing ran: nothing to remember
-        with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO chains (time, vm_id, point, operation, aborted, rejected,"
-                " edits_discarded, warnings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    time.time(),
-                    vm_id,
-                    result.point.name,
-                    operation,
-                    int(result.aborts_operation),
-                    result.rejected,
-                    int(result.edits_discarded),
-                    json.dumps(list(result.warnings)),
-                ),
-            )
-            db.executemany(
-                "INSERT INTO runs (chain_id, script, status, rc, duration_s, stderr, changed,"
-                " diff, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        cursor.lastrowid,
-                        run.name,
-                        str(run.status),
-                        run.rc,
-                        run.duration_s,
-                        run.stderr,
-                        int(run.changed),
-                        run.diff,
-                        run.note,
-                    )
-                    for run in result.scripts
-                ],
-            )
+    def begin_operation(self, record: OperationRecord) -> int:
+        """An operation's row, unfinished until `finish_operation`; its id."""
+        with self._counting("history_write_failures"), self.db.transaction("recording an operation in") as tx:
+            return history.insert_operation(tx, record)
 
-    def prune(self, before: float) -> int:
-        """Forget hook runs older than `before` (epoch seconds); how many chains went."""
-        with self._transaction() as db:
-            db.execute("DELETE FROM runs WHERE chain_id IN (SELECT id FROM chains WHERE time < ?)", (before,))
-            return db.execute("DELETE FROM chains WHERE time < ?", (before,)).rowcount
+    def finish_operation(self, operation_id: int, record: OperationRecord) -> None:
+        with self._counting("history_write_failures"), self.db.transaction("recording an operation in") as tx:
+            history.finish_operation(tx, operation_id, record)
 
-    def history(
-        self, vm_id: str | None = None, point: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        """The most recent script runs (newest last), each with its chain's facts."""
-        where, args = [], []
-        if vm_id is not None:
-            where.append("c.vm_id = ?")
-            args.append(vm_id)
-        if point is not None:
-            where.append("c.point = ?")
-            args.append(point)
-        query = (
-            "SELECT c.id AS chain, c.time, c.vm_id, c.point, c.operation, c.aborted, c.rejected,"
-            " c.edits_discarded, c.warnings, r.script, r.status, r.rc, r.duration_s, r.stderr,"
-            " r.changed, r.diff, r.note FROM chains c LEFT JOIN runs r ON r.chain_id = c.id"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY c.id DESC, r.id DESC LIMIT ?"
-        )
-        with self._lock:
-            rows = self._db.execute(query, (*args, limit)).fetchall()
-        return [_history_row(row) for row in reversed(rows)]
+    def add_chain(
+        self, operation_id: int, operation: str, vm_id: str | None, result: ChainResult,
+        progress: OperationRecord | None = None,
+    ) -> int:  # fmt: skip
+        """One chain of a recorded operation, and (`progress`) the operation's
+        row as it stands, so an agent that dies next leaves what it knew;
+        the bytes of text it stored."""
+        with self._counting("history_write_failures"), self.db.transaction("recording a hook chain in") as tx:
+            if progress is not None:
+                history.finish_operation(tx, operation_id, progress)
+            return history.insert_chain(tx, operation_id, operation, vm_id, result, time.time())
 
+    def record_chain(
+        self, operation: str, vm_id: str | None, result: ChainResult, *, vm_name: str | None = None, caller: str = "local"
+    ) -> None:
+        """A chain run outside any recorded operation (e.g. by a sidecar), as
+        an operation of its own. A chain that ran no script is not kept."""
+        if not result.scripts:
+            return
+        outcome, kind = history.chain_outcome(result)
+        now = time.time()
+        record = OperationRecord(
+            now, operation, vm_id, vm_name, caller, result=outcome, error_kind=kind,
+            duration_s=sum(run.duration_s for run in result.scripts), hooks_run=len(result.scripts),
+            hooks_failed=sum(run.failed for run in result.scripts),
+        )  # fmt: skip
+        with self._counting("history_write_failures"), self.db.transaction("recording a hook chain in") as tx:
+            history.insert_chain(tx, history.insert_operation(tx, record), operation, vm_id, result, now)
 
-def _history_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    item = dict(row)
-    for flag in ("aborted", "edits_discarded", "changed"):
-        item[flag] = bool(item[flag])
-    item["warnings"] = json.loads(item["warnings"])
-    return item
+    # -- history: pruning --------------------------------------------------------
+
+    def _pruned(self, pruned: Pruned) -> Pruned:
+        self._count("pruned_operations", pruned.operations)
+        self._count("pruned_chains", pruned.chains)
+        return pruned
+
+    def prune(self, before: float) -> Pruned:
+        """Forget the operations older than `before` (epoch seconds)."""
+        return self._pruned(history.prune_older(self.db, before))
+
+    def prune_polled(self, keep: int = history.POLLED_KEPT) -> Pruned:
+        return self._pruned(history.prune_polled(self.db, keep))
+
+    def prune_to_size(self, max_bytes: int, in_progress_since: float) -> Pruned:
+        return self._pruned(history.prune_to_size(self.db, max_bytes, in_progress_since))
+
+    def used_bytes(self) -> int:
+        return self.db.used_bytes()
+
+    # -- history: reading --------------------------------------------------------
+
+    def history(self, filters: Filters = Filters(), limit: int = history.DEFAULT_PAGE) -> dict[str, Any]:
+        """A page of operations with their chains and runs (`history.page`)."""
+        return history.page(self.db, filters, limit)
+
+    def history_vms(self) -> list[dict[str, Any]]:
+        return history.vms(self.db)
+
+    def script_stats(self, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+        return history.script_stats(self.db, since, until)

@@ -15,6 +15,7 @@ import libvirt
 
 from vmhooks.agent import libvirtconn as lv
 from vmhooks.agent.hooks import HookCalls
+from vmhooks.agent.outcome import Recorder
 from vmhooks.agent.registry import Registry
 from vmhooks.agent.reports import Samples
 from vmhooks.config import AgentSettings
@@ -41,13 +42,16 @@ class AgentContext:
         for directory, mode in ((self.state_dir, 0o700), (settings.run_dir, run_mode),
                                 (self.payload_dir, 0o700), (self.flags_dir, 0o700)):  # fmt: skip
             private_directory(directory, mode)
+        # First: a database vmhooks cannot use stops the start before anything is written.
+        self.store = Store(self.state_dir / "vmhooks.db")
         # libvirtd writes the images: a session daemon as another user needs a
         # directory of its own, so it can be set apart from the private state.
         self.save_dir = settings.save_dir or self.state_dir / "hibernation"
         self.save_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.store = Store(self.state_dir / "vmhooks.db")
         self.registry = Registry(self.store)
-        self.hooks = HookCalls(settings, self.store, self.payload_dir)
+        self.recorder = Recorder(self.store, settings)
+        self.operation = self.recorder.operation
+        self.hooks = HookCalls(settings, self.recorder, self.payload_dir)
         self._conn: libvirt.virConnect | None = None
         self.samples = Samples()  # for the rates in VM and host stats
         self.started = time.time()
@@ -88,16 +92,21 @@ class AgentContext:
 
 
 def private_directory(directory: Path, mode: int) -> None:
-    """Make `directory` (or accept it): ours, not a symlink, and writable by
-    nobody else, since hooks' payloads and the state live there."""
+    """Make `directory` (or accept it): ours, not a symlink, and neither
+    readable nor writable by anyone else, since hooks' payloads, the VMs'
+    custom properties and the history live there. (0711 lets the socket
+    group through to the socket, and no further.)"""
     directory.mkdir(mode=mode, parents=True, exist_ok=True)
     st = os.lstat(directory)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{directory} must be a directory, not a symlink")
     if st.st_uid != os.geteuid():
-        raise UsageError(f"{directory} is owned by uid {st.st_uid}, not the agent's user")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UsageError(f"{directory} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
+        raise UsageError(f"{directory} is owned by uid {st.st_uid}, not the agent's user: chown it or choose another")
+    if st.st_mode & 0o066:
+        who = "read" if not st.st_mode & 0o022 else "written" if not st.st_mode & 0o044 else "read and written"
+        raise UsageError(
+            f"{directory} can be {who} by group or others (mode {stat.S_IMODE(st.st_mode):04o}): chmod {mode:o} {directory}"
+        )
     if mode == 0o711 and stat.S_IMODE(st.st_mode) & 0o011 != 0o011:
         os.chmod(directory, stat.S_IMODE(st.st_mode) | 0o011)
 

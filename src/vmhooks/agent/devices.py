@@ -86,7 +86,7 @@ def device_operation(
             device_custom.pop(key, None)
         if operation.remember and props:
             device_custom[sorted(keys)[0] if keys else "device"] = dict(props)
-        vm = ctx.registry.update(vm, xml=domain.XMLDesc(0), device_custom=device_custom)
+        vm = ctx.registry.follow(vm, xml=domain.XMLDesc(0), device_custom=device_custom)
         hooks.device(name, operation.after, device_xml, vm, props)
         return summary(vm)
 
@@ -144,6 +144,6 @@ def set_number_of_cpus(ctx: AgentContext, vm_id: str, count: int) -> dict[str, A
         domain = ctx.domain(vm)
         ctx.hooks.vm("setNumberOfCpus", "before_set_num_of_cpus", None, vm)
         lv.call(f"setting the CPUs of VM {vm.name}", domain.setVcpusFlags, count, LIVE)
-        vm = ctx.registry.update(vm, xml=domain.XMLDesc(0))
+        vm = ctx.registry.follow(vm, xml=domain.XMLDesc(0))
         ctx.hooks.vm("setNumberOfCpus", "after_set_num_of_cpus", None, vm)
         return summary(vm)

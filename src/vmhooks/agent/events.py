@@ -53,9 +53,47 @@ class LifecycleEvents:
             pass  # shutting down
 
 
+# libvirt's word for why a VM stopped or paused by itself (the event's detail).
+STOPPED_REASONS = {
+    "SHUTDOWN": "shut down from inside the guest",
+    "DESTROYED": "destroyed outside this agent",
+    "CRASHED": "crashed",
+    "MIGRATED": "migrated away outside this agent",
+    "SAVED": "saved outside this agent",
+    "FAILED": "failed: QEMU exited or was killed",
+    "FROM_SNAPSHOT": "stopped by a snapshot revert",
+}
+SUSPENDED_REASONS = {
+    "PAUSED": "paused outside this agent",
+    "MIGRATED": "paused for a migration",
+    "IOERROR": "paused on an I/O error",
+    "WATCHDOG": "paused by its watchdog",
+    "RESTORED": "paused after a restore",
+    "FROM_SNAPSHOT": "paused by a snapshot",
+    "API_ERROR": "paused on a libvirt error",
+    "POSTCOPY": "paused for a post-copy migration",
+    "POSTCOPY_FAILED": "paused: a post-copy migration failed",
+}
+
+
+def event_reason(event: int, detail: int) -> str:
+    """`stopped: crashed`, `paused: paused on an I/O error`, ..."""
+    kind, prefix, reasons = {
+        libvirt.VIR_DOMAIN_EVENT_STOPPED: ("stopped", "VIR_DOMAIN_EVENT_STOPPED_", STOPPED_REASONS),
+        libvirt.VIR_DOMAIN_EVENT_SUSPENDED: ("paused", "VIR_DOMAIN_EVENT_SUSPENDED_", SUSPENDED_REASONS),
+        libvirt.VIR_DOMAIN_EVENT_RESUMED: ("resumed", "", {}),
+    }.get(event, (f"event {event}", "", {}))
+    for name, words in reasons.items():
+        if getattr(libvirt, prefix + name, None) == detail:
+            return f"{kind}: {words}"
+    return kind if not reasons else f"{kind} (detail {detail})"
+
+
 def handle_event(ctx: AgentContext, vm_id: str, event: int, detail: int) -> None:
     """A VM that stopped or paused by itself still gets its after hooks; our
-    own operations hold the VM lock and have updated the status first."""
+    own operations hold the VM lock and have updated the status first. What
+    the agent does about an event is an operation of its own (caller
+    "libvirt"), with libvirt's reason."""
     registry, hooks = ctx.registry, ctx.hooks
     try:
         with registry.locked(vm_id):
@@ -67,48 +105,55 @@ def handle_event(ctx: AgentContext, vm_id: str, event: int, detail: int) -> None
             if vm is None or vm.status not in RUNNING:
                 return
             domain = ctx.lookup(vm_id)
+            reason = event_reason(event, detail)
             if event == libvirt.VIR_DOMAIN_EVENT_STOPPED and not lv.is_active(domain):
-                log.info("VM %s (%s) stopped by itself", vm.vm_id, vm.name)
-                registry.forget(vm_id)
-                hooks.vm("event", "after_vm_destroy", vm.xml, vm)
+                with ctx.operation("event", vm.vm_id, vm_name=vm.name, caller="libvirt", reason=reason):
+                    registry.forget(vm_id)
+                    hooks.vm("event", "after_vm_destroy", vm.xml, vm)
             elif event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED and vm.status == "up" and domain is not None:
                 if lv.status_of(domain) == "paused":
-                    live = domain.XMLDesc(0)
-                    vm = registry.update(vm, status="paused", xml=live)
-                    hooks.vm("event", "after_vm_pause", live, vm)
+                    with ctx.operation("event", vm.vm_id, vm_name=vm.name, caller="libvirt", reason=reason):
+                        live = domain.XMLDesc(0)
+                        vm = registry.follow(vm, status="paused", xml=live)
+                        hooks.vm("event", "after_vm_pause", live, vm)
             elif event == libvirt.VIR_DOMAIN_EVENT_RESUMED and vm.status == "paused" and domain is not None:
                 if lv.status_of(domain) == "up":
-                    registry.update(vm, status="up")
+                    with ctx.operation("event", vm.vm_id, vm_name=vm.name, caller="libvirt", reason=reason):
+                        registry.follow(vm, status="up")
     except Exception:  # an event must never kill the worker
         log.exception("handling a libvirt event for VM %s", vm_id)
 
 
 def recover(ctx: AgentContext) -> None:
     """Re-attach to the VMs libvirt still runs; a VM that stopped while we
-    were away still gets its after_vm_destroy."""
-    registry = ctx.registry
-    for vm in registry.load():
-        if vm.status == "hibernated":
-            if vm.save_path and Path(vm.save_path).exists():
-                continue
-            log.warning("VM %s: hibernation image %s is gone", vm.vm_id, vm.save_path)
-            registry.forget(vm.vm_id)
-            continue
-        domain = ctx.lookup(vm.vm_id)
-        if lv.is_active(domain):
-            assert domain is not None
-            registry.update(vm, status=lv.status_of(domain), xml=domain.XMLDesc(0))
-            log.info("VM %s (%s): re-attached", vm.vm_id, vm.name)
-        elif vm.status in ("starting", "incoming"):
-            registry.forget(vm.vm_id)  # it never started here: no hook to run
-        elif vm.status == "migrating":
-            log.warning("VM %s (%s) was migrating when the agent stopped: it is no longer here", vm.vm_id, vm.name)
-            registry.forget(vm.vm_id)
-        else:
-            log.info("VM %s (%s): stopped while the agent was away", vm.vm_id, vm.name)
-            registry.forget(vm.vm_id)
-            ctx.hooks.vm("recover", "after_vm_destroy", vm.xml, vm)
+    were away still gets its after_vm_destroy. Each VM is an operation of
+    its own (caller "agent")."""
+    for vm in ctx.registry.load():
+        with ctx.operation("recover", vm.vm_id, vm_name=vm.name, caller="agent") as operation:
+            operation.reason = _recover(ctx, vm)
     adopt_unknown(ctx)
+
+
+def _recover(ctx: AgentContext, vm: VmRecord) -> str:
+    """What recovery did with one VM, in words."""
+    registry = ctx.registry
+    if vm.status == "hibernated":
+        if vm.save_path and Path(vm.save_path).exists():
+            return "hibernated: image in place"
+        registry.forget(vm.vm_id)
+        return f"hibernated, but its image {vm.save_path} is gone: forgotten"
+    domain = ctx.lookup(vm.vm_id)
+    if lv.is_active(domain):
+        assert domain is not None
+        vm = registry.follow(vm, status=lv.status_of(domain), xml=domain.XMLDesc(0))
+        return f"re-attached: {vm.status}"
+    registry.forget(vm.vm_id)
+    if vm.status in ("starting", "incoming"):
+        return f"never started here ({vm.status}): forgotten, no hook"
+    if vm.status == "migrating":
+        return "was migrating when the agent stopped, and is no longer here"
+    ctx.hooks.vm("recover", "after_vm_destroy", vm.xml, vm)
+    return "stopped while the agent was away"
 
 
 def adopt_unknown(ctx: AgentContext) -> None:
@@ -143,5 +188,6 @@ def adopt_unknown(ctx: AgentContext) -> None:
         with registry.locked(vm_id):
             if vm_id in registry:
                 continue
-            vm = registry.put(VmRecord(vm_id, domain.name(), lv.status_of(domain), xml, custom, devices))
-        log.info("VM %s (%s): adopted from libvirt with custom properties %s", vm.vm_id, vm.name, sorted(vm.custom))
+            reason = f"adopted from libvirt (Engine metadata), custom properties {sorted(custom)}"
+            with ctx.operation("recover", vm_id, vm_name=domain.name(), caller="agent", reason=reason):
+                registry.put(VmRecord(vm_id, domain.name(), lv.status_of(domain), xml, custom, devices))

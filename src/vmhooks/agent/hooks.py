@@ -2,31 +2,27 @@
 the runner configuration and the property rules the agent's settings make."""
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from vmhooks import environment, properties
+from vmhooks.agent.outcome import Recorder
 from vmhooks.catalogue import RECORD_DIR_NAME, installed_property_rules
 from vmhooks.config import AgentSettings
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain
-from vmhooks.store import Store, VmRecord
+from vmhooks.store import VmRecord
 
 log = logging.getLogger("vmhooks.agent")
 
-PRUNE_EVERY = 1000  # chains recorded between two prunings of old history
-
 
 class HookCalls:
-    def __init__(self, settings: AgentSettings, store: Store, payload_dir: Path) -> None:
+    def __init__(self, settings: AgentSettings, recorder: Recorder, payload_dir: Path) -> None:
         self.settings = settings
-        self.store = store
+        self.recorder = recorder
         self.payload_dir = payload_dir
-        self._chains_recorded = itertools.count(1)
         self._base_env = dict(os.environ)  # one snapshot: copying os.environ per chain costs
         self._rules_cache: tuple[int | None, properties.PropertyRules | None] | None = None
         self.property_rules()  # a bad --properties spec fails the start, not the first VM
@@ -70,11 +66,6 @@ class HookCalls:
             properties.check(checked, rules, origin)
         return checked
 
-    def prune_history(self) -> None:
-        gone = self.store.prune(time.time() - self.settings.history_days * 86400)
-        if gone:
-            log.info("forgot %d hook chains older than %g days", gone, self.settings.history_days)
-
     # -- one chain -------------------------------------------------------------
 
     def run(
@@ -86,11 +77,10 @@ class HookCalls:
         custom: Mapping[str, str] | None,
         params: Mapping[str, object] | None = None,
     ) -> ChainResult:
-        """One chain, recorded in the history; raises HookError where it aborts."""
+        """One chain, recorded in the history as part of the operation that
+        runs it; raises HookError where it aborts."""
         result = run_chain(point, payload, self.runner_config(), params=params, custom=custom, vm_id=vm_id)
-        self.store.record_chain(operation, vm_id, result)
-        if result.scripts and next(self._chains_recorded) % PRUNE_EVERY == 0:
-            self.prune_history()
+        self.recorder.chain(operation, vm_id, result)  # never raises: a full disk aborts nothing
         if result.failed:
             log.warning("%s", result.error_message())
         result.raise_if_aborting()

@@ -80,7 +80,7 @@ def create(
             _clear_launch_flags(ctx, vm_id)
             raise
         live = domain.XMLDesc(0)
-        vm = registry.update(vm, status=lv.status_of(domain), xml=live)
+        vm = registry.follow(vm, status=lv.status_of(domain), xml=live)
         ctx.hooks.vm("create", "after_vm_start", live, vm)
         for props, device_xml in domxml.custom_devices(live, checked_devices):
             ctx.hooks.device("create", "after_device_create", device_xml, vm, props)
@@ -152,7 +152,7 @@ def simple(ctx: AgentContext, name: str, vm_id: str) -> dict[str, Any]:
         ctx.hooks.vm(name, operation.before, domain.XMLDesc(0), vm)
         lv.call(f"{name} VM {vm.name}", getattr(domain, operation.libvirt_method))
         live = domain.XMLDesc(0)
-        vm = ctx.registry.update(vm, status=operation.result_status, xml=live)
+        vm = ctx.registry.follow(vm, status=operation.result_status, xml=live)
         ctx.hooks.vm(name, operation.after, live, vm)
         return summary(vm)
 
@@ -164,7 +164,7 @@ def hibernate(ctx: AgentContext, vm_id: str) -> dict[str, Any]:
         ctx.hooks.vm("hibernate", "before_vm_hibernate", live, vm)
         path = ctx.save_dir / f"{vm.vm_id}.img"
         lv.call(f"hibernating VM {vm.name}", domain.save, str(path))
-        vm = ctx.registry.update(vm, status="hibernated", xml=live, save_path=str(path))
+        vm = ctx.registry.follow(vm, status="hibernated", xml=live, save_path=str(path))
         ctx.hooks.vm("hibernate", "after_vm_hibernate", live, vm)
         return summary(vm)
 
@@ -182,7 +182,7 @@ def dehibernate(ctx: AgentContext, vm_id: str) -> dict[str, Any]:
         domain = ctx.domain(vm)
         live = domain.XMLDesc(0)
         Path(path).unlink(missing_ok=True)
-        vm = ctx.registry.update(vm, status=lv.status_of(domain), xml=live, save_path=None)
+        vm = ctx.registry.follow(vm, status=lv.status_of(domain), xml=live, save_path=None)
         ctx.hooks.vm("dehibernate", "after_vm_dehibernate", live, vm, params)
         return summary(vm)
 

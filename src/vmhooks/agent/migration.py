@@ -22,7 +22,7 @@ from vmhooks.agent.context import AgentContext
 from vmhooks.agent.registry import RUNNING, summary
 from vmhooks.client import Client, client_tls_context
 from vmhooks.config import port_range, split_address
-from vmhooks.errors import UsageError, VmhooksError, WrongStateError
+from vmhooks.errors import StateError, UsageError, VmhooksError, WrongStateError
 from vmhooks.store import VmRecord
 
 log = logging.getLogger("vmhooks.agent")
@@ -54,10 +54,10 @@ def migrate(ctx: AgentContext, vm_id: str, dst: str) -> dict[str, Any]:
         offer = peer.call("VM.migrationCreate", vmId=vm.vm_id, xml=xml, custom=vm.custom, deviceCustom=vm.device_custom)
         try:
             check_offer(offer, vm)
-        except WrongStateError:
+            vm = registry.update(vm, status="migrating")  # before libvirt: a full disk stops it here
+        except (WrongStateError, StateError):
             _tell_peer(peer, vm.vm_id, False)
             raise
-        vm = registry.update(vm, status="migrating")
         try:
             params = {libvirt.VIR_MIGRATE_PARAM_URI: _reachable_uri(offer["migrationUri"], dst)}
             if offer.get("listenAddress"):  # else the destination's QEMU listens on every address
@@ -71,7 +71,7 @@ def migrate(ctx: AgentContext, vm_id: str, dst: str) -> dict[str, Any]:
         except BaseException:
             _tell_peer(peer, vm.vm_id, False)
             if lv.is_active(domain):
-                registry.update(vm, status=lv.status_of(domain))
+                registry.follow(vm, status=lv.status_of(domain))
             else:  # it left this host all the same: nothing of it is ours to manage
                 log.warning("VM %s: migration failed, and the VM is no longer on this host", vm.vm_id)
                 registry.forget(vm.vm_id)
@@ -177,10 +177,10 @@ def _create_incoming(
         for props, device_xml in domxml.custom_devices(vm.xml, vm.device_custom):
             hooks.device("migrationCreate", "before_device_migrate_destination", device_xml, vm, props)
         address = _migration_address(ctx)
+        registry.update(vm, xml=result.payload)
     except BaseException:
         registry.forget(vm_id)
         raise
-    registry.update(vm, xml=result.payload)
     ctx.schedule(ctx.incoming_timeout, _expire_incoming, ctx, vm_id)
     return {
         "xml": result.payload,
@@ -201,8 +201,9 @@ def _expire_incoming(ctx: AgentContext, vm_id: str) -> None:
             if ctx.lookup(vm_id) is not None:
                 ctx.schedule(ctx.incoming_timeout, _expire_incoming, ctx, vm_id)
                 return
-            log.warning("VM %s: the announced migration never arrived; dropping it", vm_id)
-            ctx.registry.forget(vm_id)
+            with ctx.operation("event", vm_id, vm_name=vm.name, caller="agent",
+                               reason="the announced migration never arrived: forgotten"):  # fmt: skip
+                ctx.registry.forget(vm_id)
     except Exception:
         log.exception("expiring incoming VM %s", vm_id)
 
@@ -224,7 +225,7 @@ def migration_finish(ctx: AgentContext, vm_id: str, success: bool) -> dict[str, 
 
 def adopt(ctx: AgentContext, vm: VmRecord, domain: libvirt.virDomain, operation: str) -> VmRecord:
     live = domain.XMLDesc(0)
-    vm = ctx.registry.update(vm, status=lv.status_of(domain), xml=live)
+    vm = ctx.registry.follow(vm, status=lv.status_of(domain), xml=live)
     for props, device_xml in domxml.custom_devices(vm.xml, vm.device_custom):
         ctx.hooks.device(operation, "after_device_migrate_destination", device_xml, vm, props)
     ctx.hooks.vm(operation, "after_vm_migrate_destination", live, vm)
@@ -239,8 +240,9 @@ def adopt_if_still_incoming(ctx: AgentContext, vm_id: str) -> None:
             vm = ctx.registry.get(vm_id)
             domain = ctx.lookup(vm_id) if vm is not None and vm.status == "incoming" else None
             if vm is not None and domain is not None and lv.is_active(domain):
-                log.warning("VM %s: migrated in, but the source never finished it: adopting it", vm_id)
-                adopt(ctx, vm, domain, "event")
+                with ctx.operation("event", vm_id, vm_name=vm.name, caller="agent",
+                                   reason="migrated in, but the source never finished it: adopted"):  # fmt: skip
+                    adopt(ctx, vm, domain, "event")
     except Exception:
         log.exception("adopting incoming VM %s", vm_id)
 

@@ -1,13 +1,21 @@
 """The VMs the agent runs: their records, in memory and in SQLite, and one
 lock per VM that serialises the operations on it.
 
-A record is written to SQLite before memory changes, so a write that fails
-(disk full) leaves both as they were. A VM's lock lives only while the VM
-is known or someone holds or waits for it: ids that come and go leave
-nothing behind.
+Two kinds of change, for a full disk:
+- `put`/`update`, before libvirt acts: SQLite is written first, so a write
+  that fails leaves memory and disk as they were, and the operation stops
+  there with the error (nothing ran in libvirt, no after hook).
+- `follow`/`forget`, once libvirt has acted (or to undo a record that never
+  became a VM): memory follows at once, since it must say what runs; a
+  disk write that fails is kept and retried before every later write, and
+  recovery reconciles the disk with libvirt at the next start anyway.
+
+A VM's lock lives only while the VM is known or someone holds or waits for
+it: ids that come and go leave nothing behind.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -15,8 +23,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from vmhooks import domxml
-from vmhooks.errors import NoSuchVmError, WrongStateError
+from vmhooks.agent.outcome import note_vm
+from vmhooks.errors import NoSuchVmError, StateError, WrongStateError
 from vmhooks.store import Store, VmRecord
+
+log = logging.getLogger("vmhooks.agent")
 
 RUNNING = frozenset({"up", "paused"})
 
@@ -36,6 +47,8 @@ class Registry:
         self._locks: dict[str, _VmLock] = {}
         self._guard = threading.Lock()
         self._started: dict[str, float] = {}  # when each VM was last seen to start running
+        self._unsaved: dict[str, VmRecord | None] = {}  # vm_id -> record (None: deleted) not on disk yet
+        self._saving = threading.Lock()
 
     def load(self) -> list[VmRecord]:
         """Take the records SQLite kept from the last run."""
@@ -78,6 +91,7 @@ class Registry:
             vm = self._vms.get(key)
             if vm is None:
                 raise NoSuchVmError(f"no VM with id {key}")
+            note_vm(vm.vm_id, vm.name)
             if allowed is not None and vm.status not in allowed:
                 raise WrongStateError(f"VM {vm.name} ({key}) is {vm.status}")
             yield vm
@@ -95,12 +109,21 @@ class Registry:
         return list(self._vms.values())
 
     def put(self, vm: VmRecord) -> VmRecord:
-        self.store.put_vm(vm)  # first: a failed write changes nothing
+        """Before libvirt acts: raises StateError, changing nothing, when the
+        disk refuses."""
+        note_vm(vm.vm_id, vm.name)
+        self.save_unsaved()
+        with self._saving:
+            self.store.put_vm(vm)  # first: a failed write changes nothing
+            self._unsaved.pop(vm.vm_id, None)
+        self._remember(vm)
+        return vm
+
+    def _remember(self, vm: VmRecord) -> None:
         previous = self._vms.get(vm.vm_id)
         if vm.status in RUNNING and (previous is None or previous.status not in RUNNING | {"migrating"}):
             self._started[vm.vm_id] = time.time()
         self._vms[vm.vm_id] = vm
-        return vm
 
     def started(self, vm_id: str) -> float | None:
         """When the VM started running (as this agent saw it), for VDSM's elapsedTime."""
@@ -109,10 +132,45 @@ class Registry:
     def update(self, vm: VmRecord, **changes: Any) -> VmRecord:
         return self.put(vm._replace(**changes))
 
+    def follow(self, vm: VmRecord, **changes: Any) -> VmRecord:
+        """libvirt has changed the VM: memory says so at once, the disk as
+        soon as it can. Never raises."""
+        vm = vm._replace(**changes)
+        self._remember(vm)
+        self._save(vm.vm_id, vm)
+        return vm
+
     def forget(self, vm_id: str) -> None:
-        self.store.delete_vm(vm_id)
+        """The VM is gone (or never started): out of memory at once, off the
+        disk as soon as it can. Never raises."""
         self._vms.pop(vm_id, None)
         self._started.pop(vm_id, None)
+        self._save(vm_id, None)
+
+    def _save(self, vm_id: str, vm: VmRecord | None) -> None:
+        with self._saving:
+            self._unsaved[vm_id] = vm
+        self.save_unsaved()
+
+    def save_unsaved(self) -> bool:
+        """Write what the disk refused before; False while it still refuses."""
+        with self._saving:
+            for vm_id, vm in list(self._unsaved.items()):
+                try:
+                    if vm is None:
+                        self.store.delete_vm(vm_id)
+                    else:
+                        self.store.put_vm(vm)
+                except StateError as exc:
+                    log.error("VM %s: its record on disk is out of date, retried at the next write: %s", vm_id, exc)
+                    return False
+                del self._unsaved[vm_id]
+        return True
+
+    def unsaved(self) -> list[str]:
+        """VMs whose record on disk is out of date (for tests and the log at stop)."""
+        with self._saving:
+            return sorted(self._unsaved)
 
     def lock_count(self) -> int:
         """Locks alive now (for tests and leak checks)."""

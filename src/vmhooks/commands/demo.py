@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         agent, client = _start_agent(workdir, hooks, state, socket_path)
         print(f"agent: pid {agent.pid} on test:///default, API on {socket_path}\n")
         _lifecycle(client)
-        print(f"\nhistory: {state / 'vmhooks.db'} (SQLite; 'vmhooks history' reads it)")
+        print(f"\nhistory: {state / 'vmhooks.db'} (SQLite; 'vmhooks history --state-dir {state}' reads it)")
     except VmhooksError as exc:
         print(f"vmhooks demo: {exc}", file=sys.stderr)
         return 1
@@ -165,25 +165,30 @@ def _lifecycle(client: Client) -> None:
 
 
 def _last_chain(client: Client) -> int:
-    runs = client.call("Host.getHookHistory", limit=1)
-    return runs[-1]["chain"] if runs else 0
+    return max((chain["id"] for _, chain, _ in _runs(client, 20)), default=0)
+
+
+def _runs(client: Client, limit: int) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """(operation, chain, run) of the latest `limit` operations, oldest first."""
+    page = client.call("Host.getHookHistory", limit=limit)
+    return [(op, chain, run) for op in page["operations"] for chain in op["chains"] for run in chain["runs"]]
 
 
 def _print_runs(client: Client, seen: int) -> int:
-    runs = [run for run in client.call("Host.getHookHistory", limit=200) if run["chain"] > seen]
+    runs = [(chain, run) for _, chain, run in _runs(client, 20) if chain["id"] > seen]
     if not runs:
         print("   (no hooks installed for these points)")
         return seen
     rows = [
-        [run["point"], run["script"], run["status"], run["rc"], f"{run['duration_s'] * 1000:.0f}", _change(run)]
-        for run in runs
+        [chain["point"], run["script"], run["status"], run["rc"], f"{run['duration_s'] * 1000:.0f}", _change(chain, run)]
+        for chain, run in runs
     ]
     print("   " + table(["POINT", "SCRIPT", "STATUS", "RC", "MS", "WHAT CHANGED"], rows).replace("\n", "\n   "))
-    return max(run["chain"] for run in runs)
+    return max(chain["id"] for chain, _ in runs)
 
 
-def _change(run: dict[str, Any]) -> str:
-    if run["edits_discarded"] and run["changed"]:
+def _change(chain: dict[str, Any], run: dict[str, Any]) -> str:
+    if chain["edits_discarded"] and run["changed"]:
         return "edits discarded (output not used here)"
     added = [line[1:].strip() for line in run["diff"].splitlines() if line.startswith("+") and not line.startswith("+++")]
     if not added:

@@ -38,6 +38,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--socket-group", help="also let this group use the socket (mode 0660)")
     parser.add_argument("--hook-timeout", type=float, metavar="S", help="seconds per hook script (default: 60)")
     parser.add_argument("--history-days", type=float, metavar="DAYS", help="keep hook runs this long (default: 90)")
+    parser.add_argument("--history-max-mb", type=float, metavar="MIB",
+                        help="keep at most this much history, the oldest pruned first (default: 512)")
     parser.add_argument("--properties", metavar="SPEC", help="custom property rules: name=regex;name=regex")
     parser.add_argument("--allow-unsafe-hooks", action="store_true", default=None,
                         help="development only: run hooks writable by group/others")
@@ -77,6 +79,8 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         raise UsageError("hook timeout must be a positive number of seconds")
     if not settings.history_days > 0:
         raise UsageError("history days must be a positive number")
+    if not 0 < settings.history_max_mb <= 1 << 20:
+        raise UsageError("history max MB must be a number of MiB from 0 to 1048576 (1 TiB)")
     return settings
 
 

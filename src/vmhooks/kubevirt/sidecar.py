@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, TextIO
 
 from vmhooks import domxml, properties
 from vmhooks.catalogue import installed_property_rules
-from vmhooks.errors import HookError, InvalidEnvironmentError, UsageError, VmhooksError
+from vmhooks.errors import HookError, InvalidEnvironmentError, StateError, UsageError, VmhooksError
 from vmhooks.kubevirt.vmi import CUSTOM_ANNOTATION, DEVICE_ANNOTATION, Vmi, json_object, parse_vmi
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain, stderr_summary
 from vmhooks.store import Store, VmRecord
@@ -87,7 +87,7 @@ class Sidecar:
         try:
             settings.state_path.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.store = Store(settings.state_path / "vmhooks.db")
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, StateError) as exc:
             raise VmhooksError(f"cannot keep the hook history in {settings.state_path}: {exc}") from None
         self.config = RunnerConfig(
             hooks_dir=settings.hooks_dir,
