@@ -990,3 +990,14 @@ def test_a_very_long_timeout_is_not_an_error(make_hook: MakeHook, config: Callab
     make_hook("before_vm_destroy", "50_ok", "exit 0")
     result = run_chain("before_vm_destroy", None, config(), vm_id="x", timeout=1e12)
     assert [run.status for run in result.scripts] == [Status.OK]
+
+
+def test_a_key_log_file_cannot_be_set_through_a_property(
+    make_hook: MakeHook, config: Callable[..., RunnerConfig], marks: Path
+) -> None:
+    # Any hook that opens a TLS context would create the file, as root, wherever the property says.
+    make_hook("before_vm_start", "10_tls", "import ssl\nssl.create_default_context()\n", lang="python")
+    keylog = marks / "keys"
+    with pytest.raises(InvalidEnvironmentError, match="SSLKEYLOGFILE"):
+        run_chain("before_vm_start", "<domain/>", config(), custom={"SSLKEYLOGFILE": str(keylog)})
+    assert not keylog.exists()
