@@ -261,7 +261,7 @@ def _run_scripts(
 
 def _refuse_unsafe(scripts: list[discovery.Script]) -> tuple[ScriptRun, ...]:
     refused = []
-    seen: dict[Path, str | None] = {}  # the scripts share their directories
+    seen: dict[str, discovery.Resolved] = {}  # the scripts share their directory
     for script in scripts:
         reason = discovery.unsafe_reason(script.path, seen=seen)
         if reason:
