@@ -8,6 +8,7 @@ import shutil
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -50,6 +51,22 @@ def as_nobody(function: Callable[[], Any]) -> Any:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     return json.loads(data)
+
+
+def process_dead(pid: int, within: float = 3.0) -> bool:
+    """Gone, or a zombie waiting for a reaper (the container's init may not reap)."""
+    end = time.monotonic() + within
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                state = handle.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
 
 
 @pytest.fixture

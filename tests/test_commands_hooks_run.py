@@ -329,3 +329,13 @@ def test_a_link_others_can_repoint_never_runs_their_script(
     else:
         assert (code, statuses) == (1, ["refused", "refused"])
         assert str(linked_root.holder) in report["scripts"][1]["note"]
+
+
+def test_json_says_how_descendants_are_contained(
+    make_hook: MakeHook, hooks_run: Callable[..., tuple[int, str, str]], xml_file: Path
+) -> None:
+    make_hook("before_vm_start", "10_ok", "exit 0\n")
+    code, out, _ = hooks_run("before_vm_start", "--xml", str(xml_file), "--output", "json")
+    containment = json.loads(out)["containment"]
+    assert containment["mechanism"] in ("cgroup", "subreaper")
+    assert containment["detail"]

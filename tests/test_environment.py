@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 from vmhooks.environment import (
-    HOOKLIB_DIR, build_environment, is_reserved, validated,
+    ANY_CASE_PREFIXES, ANY_CASE_SUFFIXES, HOOKLIB_DIR, RESERVED, build_environment, is_reserved, validated,
 )
 from vmhooks.errors import InvalidEnvironmentError, UsageError
 
@@ -167,3 +167,12 @@ def test_every_catalogue_property_name_passes() -> None:
              for entry in tomllib.loads(manifest.read_text()).get("properties", [])}  # fmt: skip
     assert len(names) > 20
     assert [name for name in sorted(names) if is_reserved(name)] == []
+
+
+def test_readme_names_every_reserved_name_and_prefix() -> None:
+    readme = (REPO / "README.md").read_text()
+    security = readme[readme.index("## Security") :]
+    tokens = [token for group in RESERVED for token in (*group.names, *(f"{p}*" for p in group.prefixes))]
+    tokens += [f"*{suffix}" for suffix in ANY_CASE_SUFFIXES] + [f"{prefix}*" for prefix in ANY_CASE_PREFIXES]
+    missing = [token for token in tokens if f"`{token}`" not in security]
+    assert missing == []

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NOBODY, LinkedRoot
+from conftest import NOBODY, LinkedRoot, process_dead
 
 from vmhooks.environment import HOOKLIB_DIR
 from vmhooks.errors import HookError, InvalidEnvironmentError, UnknownPointError
@@ -60,22 +60,6 @@ def children() -> Iterator[list[int]]:
                 os.kill(pid, signal.SIGKILL)
         except (FileNotFoundError, ProcessLookupError):
             pass
-
-
-def process_dead(pid: int, within: float = 3.0) -> bool:
-    """Gone, or a zombie waiting for a reaper (the container's init may not reap)."""
-    end = time.monotonic() + within
-    while True:
-        try:
-            with open(f"/proc/{pid}/stat") as handle:
-                state = handle.read().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        if state in ("Z", "X"):
-            return True
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.02)
 
 
 def by_name(result: ChainResult) -> dict[str, Any]:

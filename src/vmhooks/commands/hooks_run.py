@@ -11,7 +11,7 @@ from typing import Any
 from vmhooks.commands.common import add_hooks_dir, add_hooks_pythonpath, example, existing_hooks_dir, hooks_pythonpath, name_values, read_input
 from vmhooks.errors import UsageError
 from vmhooks.points import HookPoint, Payload, Scope, get_point
-from vmhooks import metadata, properties
+from vmhooks import containment, metadata, properties
 from vmhooks.catalogue import installed_property_rules
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain
 
@@ -135,6 +135,7 @@ def result_json(result: ChainResult) -> dict[str, Any]:
         "rejected": result.rejected,
         "edits_discarded": result.edits_discarded,
         "warnings": list(result.warnings),
+        "containment": containment.report()._asdict(),
         "payload": result.payload,
         "scripts": [
             {

@@ -85,11 +85,13 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmhooks import containment
     from vmhooks.agent import Agent
     from vmhooks.api import make_servers
 
     logs.setup(args.log_level, args.log_format)
     settings = settings_from(args)
+    containment.current()  # logs how a timed-out hook's descendants are found (cgroup or subreaper)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every thread's stack
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
