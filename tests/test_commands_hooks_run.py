@@ -339,3 +339,15 @@ def test_json_says_how_descendants_are_contained(
     containment = json.loads(out)["containment"]
     assert containment["mechanism"] in ("cgroup", "subreaper")
     assert containment["detail"]
+
+
+def test_json_says_which_scripts_took_the_fast_path(
+    make_hook: MakeHook, hooks_run: Callable[..., tuple[int, str, str]], xml_file: Path
+) -> None:
+    body = "import hooking\nhooking.write_domxml(hooking.read_domxml())\n"
+    make_hook("before_vm_start", "10_py", body, lang="python")
+    make_hook("before_vm_start", "20_sh", "exit 0\n")
+    for flags, fast in (((), [True, False]), (("--no-fast-path",), [False, False])):
+        code, out, _ = hooks_run("before_vm_start", "--xml", str(xml_file), "--output", "json", *flags)
+        assert code == 0
+        assert [script["fast_path"] for script in json.loads(out)["scripts"]] == fast

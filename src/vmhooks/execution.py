@@ -40,6 +40,7 @@ class Child(Protocol):
 
     pid: int
     exit_fd: int | None  # readable once it exited (a pidfd); None: poll `exited`
+    fast_path: bool  # forked by a fork server rather than exec'd
 
     def exited(self) -> bool: ...
 
@@ -54,6 +55,8 @@ Spawn = Callable[[str, Mapping[str, str], int, int, containment.Cell], Child]
 
 
 class PopenChild:
+    fast_path = False
+
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.pid = proc.pid
@@ -76,11 +79,13 @@ class PopenChild:
 
 
 class ClonedChild:
-    """A script started by `_spawn` (clone3), with the pidfd it gave us."""
+    """A child of ours started by clone3 (`_spawn`, or a fork server with
+    CLONE_PARENT), with the pidfd that came with it."""
 
-    def __init__(self, pid: int, pidfd: int) -> None:
+    def __init__(self, pid: int, pidfd: int, fast_path: bool = False) -> None:
         self.pid = pid
         self.exit_fd: int | None = pidfd
+        self.fast_path = fast_path
 
     def exited(self) -> bool:
         return _exited(self.pid)
@@ -123,7 +128,6 @@ def execute(
     limits: Limits,
     stdout: int = subprocess.DEVNULL,
     spawn: Spawn = exec_spawn,
-    fast_path: bool = False,
 ) -> Outcome:
     """Run one script and wait for it: until it exits and its stderr closes,
     at most `limits.seconds`, then at most `drain_timeout` more for pipes
@@ -134,7 +138,7 @@ def execute(
         try:
             child = spawn(path, env, stdout, write_end, cell)
         except OSError as exc:
-            return Outcome(None, False, "", f"cannot execute: {exc.strerror or exc}", fast_path)
+            return Outcome(None, False, "", f"cannot execute: {exc.strerror or exc}")
         finally:
             os.close(write_end)
         try:
@@ -145,7 +149,7 @@ def execute(
     finally:
         os.close(read_end)
         cell.release()
-    return Outcome(rc, timed_out, stderr.text(), "", fast_path)
+    return Outcome(rc, timed_out, stderr.text(), "", child.fast_path)
 
 
 def _wait(child: Child, stderr_fd: int, limits: Limits, cell: containment.Cell) -> tuple[CappedBuffer, bool]:
@@ -191,9 +195,14 @@ def _kill(child: Child, cell: containment.Cell, grace: float) -> None:
     The leader is not reaped until then, so its pid (the group id) cannot be
     reused by an unrelated process meanwhile."""
     _signal_group(child.pid, signal.SIGTERM)
-    end = time.monotonic() + grace
-    while time.monotonic() < end and not child.exited():
-        time.sleep(0.01)
+    if child.exit_fd is not None:
+        exit_watch = select.poll()
+        exit_watch.register(child.exit_fd, select.POLLIN)
+        exit_watch.poll(grace * 1000.0)
+    else:
+        end = time.monotonic() + grace
+        while time.monotonic() < end and not child.exited():
+            time.sleep(0.01)
     _signal_group(child.pid, signal.SIGKILL)
     cell.kill()
 

@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 
 from vmhooks import discovery, properties, validation
 from vmhooks.environment import build_environment, validated
-from vmhooks.execution import Limits, Outcome, execute
+from vmhooks.execution import Limits, Outcome, Spawn, exec_spawn, execute
+from vmhooks.forkserver import FastPathSettings, FastSpawn
 from vmhooks.errors import HookError
 from vmhooks.points import HookPoint, Payload, get_point
 
@@ -60,6 +61,7 @@ class RunnerConfig(NamedTuple):
     hooks_pythonpath: tuple[Path, ...] = ()  # appended to the hooks' PYTHONPATH (site modules)
     libvirt_uri: str | None = None  # the agent's, for vdsm.common.libvirtconnection in hooks
     agent_socket: Path | None = None  # the agent's API, for vdsm.client in hooks
+    fast_path: FastPathSettings = FastPathSettings()  # Python hooks forked from a warm interpreter
 
     def hook_settings(self) -> dict[str, str]:
         """What hooks learn about the agent that runs them (VMHOOKS_* names
@@ -72,6 +74,11 @@ class RunnerConfig(NamedTuple):
         if self.agent_socket is not None:
             settings["VMHOOKS_SOCKET"] = str(self.agent_socket)
         return settings
+
+    def common_environment(self, base: Mapping[str, str]) -> dict[str, str]:
+        """Every hook's environment before its chain adds its own variables:
+        what a fork server starts with."""
+        return {**build_environment(base, extra_pythonpath=self.hooks_pythonpath), **self.hook_settings()}
 
     def timeout_for(self, point: str, script: str, override: float | None) -> float:
         if override is not None:
@@ -91,6 +98,7 @@ class ScriptRun(NamedTuple):
     changed: bool  # the script changed the payload
     diff: str = ""  # unified diff of the payload, when changed
     note: str = ""  # why the status, in words (timeout, reserved code, ...)
+    fast_path: bool = False  # forked by a fork server (a Python hook), not exec'd
 
     @property
     def failed(self) -> bool:
@@ -171,9 +179,8 @@ def run_chain(
     scripts = discovery.find_scripts(config.hooks_dir, point.name)
     if not scripts:
         return ChainResult(point, (), payload, _text(encode_payload(point, payload)), None, False, warnings)
-    env = build_environment(
-        os.environ if config.base_env is None else config.base_env, params, custom, vm_id, config.hooks_pythonpath
-    )
+    base = os.environ if config.base_env is None else config.base_env
+    env = build_environment(base, params, custom, vm_id, config.hooks_pythonpath)
     env.update(config.hook_settings())
     input_bytes = encode_payload(point, payload)
     if not config.allow_unsafe:
@@ -191,8 +198,11 @@ def run_chain(
         with os.fdopen(fd, "wb") as handle:
             handle.write(input_bytes)
         env["_hook_json" if point.payload is Payload.JSON else "_hook_domxml"] = str(path)
+        spawn: Spawn = exec_spawn
+        if config.fast_path.enabled:
+            spawn = FastSpawn(point.name, config.fast_path, lambda: config.common_environment(base), exec_spawn)
         runs, output, rejected = _run_scripts(
-            point, scripts, path, input_bytes, env, config, timeout, devnull, deadline
+            point, scripts, path, input_bytes, env, config, timeout, devnull, spawn, deadline
         )
     finally:
         if devnull >= 0:
@@ -219,6 +229,7 @@ def _run_scripts(
     config: RunnerConfig,
     timeout: float | None,
     stdout: int,
+    spawn: Spawn,
     deadline: float | None = None,
 ) -> tuple[tuple[ScriptRun, ...], bytes, str | None]:
     runs: list[ScriptRun] = []
@@ -236,7 +247,7 @@ def _run_scripts(
             seconds = min(seconds, left)
         started = time.monotonic()
         limits = Limits(seconds, config.kill_grace, config.drain_timeout, config.stderr_cap)
-        outcome = execute(str(script.path), env, limits, stdout)
+        outcome = execute(str(script.path), env, limits, stdout, spawn)
         duration = time.monotonic() - started
         after, read_problem = _read_payload(path)
         status, note = _classify(outcome, seconds)
@@ -252,7 +263,9 @@ def _run_scripts(
                 rejected = f"output rejected: {script.name} {problem}" if problem else None
         if outcome.exec_error:
             note = outcome.exec_error
-        runs.append(ScriptRun(script.name, status, outcome.rc, duration, outcome.stderr, changed, diff, note))
+        runs.append(
+            ScriptRun(script.name, status, outcome.rc, duration, outcome.stderr, changed, diff, note, outcome.fast_path)
+        )
         current = after
         if status in STOPS_CHAIN:
             break

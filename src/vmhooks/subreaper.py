@@ -157,7 +157,9 @@ class SubreaperMechanism:
     def __init__(self) -> None:
         self.enabled = set_subreaper()
         if self.enabled:
-            self.detail = f"process {os.getpid()} is a child subreaper; timeouts kill the hook's tree, session and orphans"
+            self.detail = (
+                f"process {os.getpid()} is a child subreaper; timeouts kill the hook's tree, session and orphans"
+            )
         else:
             self.detail = "no subreaper (prctl failed): timeouts kill the hook's tree, session and process group"
         self._lock = threading.Lock()
