@@ -84,12 +84,12 @@ class Startup:
 class Job:
     """One hook, in the forked child."""
 
-    def __init__(self, startup, spec, code, fds):
+    def __init__(self, startup, spec, code, fds, modules_before):
         self.startup = startup
         self.spec = spec
         self.code = code
         self.fds = fds  # "stdin", "stdout", "stderr", "cgroup" -> fd (no stdin: the agent has none)
-        self.modules_before = set(sys.modules)
+        self.modules_before = modules_before  # the server's, made there: not copied page by page here
 
     def prepare(self):
         spec = self.spec

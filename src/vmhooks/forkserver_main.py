@@ -126,6 +126,7 @@ class Server:
         self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, fd)
         self.startup = startup
         self.codes = {}  # (path, dev, ino, size, mtime) -> code object
+        self.modules = frozenset(sys.modules)
         self.stamps = {name: _stamp(module) for name, module in sys.modules.items() if name not in STARTUP_MODULES}
 
     def send(self, data, fds=()):
@@ -179,7 +180,7 @@ class Server:
             return None
         if pid == 0:
             self.sock.detach()  # closed with every other fd: no object may close its number later
-            return forkserver_child.Job(self.startup, spec, code, given)
+            return forkserver_child.Job(self.startup, spec, code, given, self.modules)
         for fd in fds:
             os.close(fd)
         self.send(marshal.dumps(("started", pid)), [pidfd])
