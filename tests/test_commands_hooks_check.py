@@ -283,7 +283,8 @@ def test_hooks_pythonpath_extends_what_resolves(
     assert '"v": "from site"' in capsys.readouterr().out
     os.chmod(site, 0o777)
     assert main(["hooks", "check", "--hooks-dir", str(hooks_dir), "--hooks-pythonpath", str(site)]) == 2
-    assert "is unsafe, hooks would import from it: writable by group or others" in capsys.readouterr().err
+    message = f"is unsafe, hooks would import from it: directory {site} is writable by group or others"
+    assert message in capsys.readouterr().err
 
 
 def test_the_interpreter_of_an_unsafe_script_is_not_started(

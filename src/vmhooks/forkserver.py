@@ -43,8 +43,10 @@ from vmhooks.execution import Child, ClonedChild, Spawn
 log = logging.getLogger("vmhooks.forkserver")
 
 # Imported by every fork server before it waits: the hooks' API and what it
-# loads lazily. Cheap `vdsm` compatibility modules belong here too (a module
-# that is missing is skipped).
+# loads lazily, and the cheap `vdsm` compatibility modules (one that is
+# missing is skipped). A module here must read nothing at import that a
+# hook's chain could change: custom properties cannot name PYTHON*, LC_*,
+# HOME, TZ... (environment.RESERVED), and these read settings when used.
 PREIMPORTS: tuple[str, ...] = (
     "hooking",
     "vdsm.hook.hooking",
@@ -53,6 +55,16 @@ PREIMPORTS: tuple[str, ...] = (
     "json",
     "subprocess",
     "tempfile",
+    # The cheap `vdsm` compatibility modules: standard library only, nothing read at import.
+    "vdsm.common.units",
+    "vdsm.common.errors",
+    "vdsm.common.cmdutils",
+    "vdsm.common.commands",
+    "vdsm.common.constants",
+    "vdsm.common.cpuarch",
+    "vdsm.common.fileutils",
+    "vdsm.constants",
+    "vdsm.utils",
 )
 SERVER_PROGRAM = Path(__file__).with_name("forkserver_main.py")
 START_TIMEOUT = 30.0  # seconds for a server to import and say hello

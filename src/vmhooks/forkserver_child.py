@@ -12,6 +12,7 @@ import os
 import resource
 import sys
 import weakref
+from types import ModuleType
 
 import _signal
 
@@ -206,16 +207,17 @@ class Job:
         weaklist = []
         for name in [name for name in sys.modules if name not in self.modules_before or name == "__main__"]:
             module = sys.modules.pop(name)
-            try:
+            if isinstance(module, ModuleType):  # sys.modules may hold other objects: those are only dropped
                 weaklist.append(weakref.ref(module))
-            except TypeError:
-                pass
         module = None
         gc.collect()
         for reference in reversed(weaklist):
             alive = reference()
             if alive is not None:
-                _clear_module(alive)
+                try:
+                    _clear_module(alive)
+                except Exception:  # noqa: BLE001 - the interpreter ignores these at exit too
+                    pass
             alive = None
         gc.collect()
         ok = _flush_std_streams() and ok

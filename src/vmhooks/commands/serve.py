@@ -93,13 +93,13 @@ def run(args: argparse.Namespace) -> int:
 
     logs.setup(args.log_level, args.log_format)
     settings = settings_from(args)
-    containment.current()  # logs how a timed-out hook's descendants are found (cgroup or subreaper)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every thread's stack
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     agent = Agent(settings)
     servers = make_servers(agent)  # bound (fails fast if another agent runs) but not serving yet
+    containment.current()  # logs how a timed-out hook's descendants are found (cgroup or subreaper)
     started = time.monotonic()
     try:
         agent.start()  # before_vdsm_start, then connect and re-attach
