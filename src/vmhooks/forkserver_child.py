@@ -49,20 +49,71 @@ def set_mm_map(mm):
     return _libc.prctl(PR_SET_MM, PR_SET_MM_MAP, ctypes.byref(mm), ctypes.sizeof(mm), 0) == 0
 
 
-_kept = []  # what /proc/self/cmdline and environ point into lives as long as the process
-
-
-def _show_as_exec(mm, argv, envb):
-    """Make /proc/self/cmdline and /proc/self/environ what the exec gave."""
+def _show(original, argv, envb):
+    """Make /proc/self/cmdline and /proc/self/environ show `argv` and `envb`
+    (what the exec gave); returns the buffer they are read from, which must
+    live as long as they are (a fork copies it with the rest)."""
     args = b"".join(arg + b"\0" for arg in argv)
     env = b"".join(entry + b"\0" for entry in envb) or b"\0"
     buffer = ctypes.create_string_buffer(args + env, len(args) + len(env))
-    _kept.append(buffer)
     base = ctypes.addressof(buffer)
+    mm = MmMap.from_buffer_copy(original)
     mm.brk = _libc.sbrk(0) or mm.brk
     mm.arg_start, mm.arg_end = base, base + len(args)
     mm.env_start, mm.env_end = base + len(args), base + len(args) + len(env)
     set_mm_map(mm)
+    return buffer
+
+
+def _unshow(original):
+    mm = MmMap.from_buffer_copy(original)
+    mm.brk = _libc.sbrk(0) or mm.brk
+    set_mm_map(mm)
+
+
+def before_fork(startup, spec):
+    """In the server, before it forks: what a child inherits with the fork
+    is cheaper set here than in each child, where every page written is a
+    page copied. `after_fork` puts back what the server shows of itself."""
+    os.chdir(spec["cwd"])
+    os.umask(spec["umask"])
+    _set_environ(startup, spec["env"])
+    shown = _show(startup.mm, [os.fsencode(arg) for arg in spec["cmdline"]], spec["env"]) if startup.mm else None
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(os.fsencode(spec["comm"])[:15]), 0, 0, 0)
+    path = spec["path"]
+    sys.argv = [path]
+    sys.orig_argv = list(spec["cmdline"])
+    inserted = not getattr(sys.flags, "safe_path", False)
+    if inserted:
+        sys.path.insert(0, os.path.dirname(os.path.realpath(path)))
+    return shown, inserted
+
+
+def after_fork(startup, token):
+    """In the server, once forked: its own name and command line back."""
+    _shown, inserted = token
+    if inserted:
+        del sys.path[0]
+    if startup.mm is not None:
+        _unshow(startup.mm)
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(startup.comm), 0, 0, 0)
+
+
+def _set_environ(startup, env):
+    """os.environ (and the C environment) exactly as exec would make it:
+    the runner's variables in its order, then what the interpreter adds."""
+    wanted = dict(entry.split(b"=", 1) for entry in env)
+    for name, value in startup.added_env:
+        wanted[name] = value
+    current = list(os.environb)
+    if current == list(wanted)[: len(current)]:
+        # The usual case: ours is the start of the hook's, in the same order.
+        for name, value in wanted.items():
+            if os.environb.get(name) != value:
+                os.environb[name] = value
+    else:
+        os.environb.clear()
+        os.environb.update(wanted)
 
 
 class Startup:
@@ -80,12 +131,15 @@ class Startup:
         )
         self.modules = startup_modules
         self.mm = mm_map_now()
+        with open("/proc/self/comm", "rb") as handle:
+            self.comm = handle.read().rstrip(b"\n")
 
 
 class Job:
     """One hook, in the forked child."""
 
-    def __init__(self, startup, spec, code, fds, modules_before):
+    def __init__(self, startup, spec, code, fds, modules_before, inherited):
+        self.inherited = inherited  # from before_fork: what /proc/self/cmdline and environ point into
         self.startup = startup
         self.spec = spec
         self.code = code
@@ -103,20 +157,12 @@ class Job:
             else:
                 os.dup2(fd, target)  # every received fd is above 2: none is overwritten
         os.closerange(3, 1 << 20)  # close_range(2) underneath
-        os.chdir(spec["cwd"])
-        os.umask(spec["umask"])
+        # The working directory, umask, environment, names and sys.argv/path
+        # came with the fork (`before_fork`); rlimits are set here: the
+        # server itself must not live under a hook's limits.
         for limit, pair in spec["rlimits"].items():
             if resource.getrlimit(limit) != pair:
                 resource.setrlimit(limit, pair)
-        self._set_environ()
-        if self.startup.mm is not None:
-            _show_as_exec(self.startup.mm, [os.fsencode(arg) for arg in spec["cmdline"]], spec["env"])
-        _libc.prctl(PR_SET_NAME, ctypes.c_char_p(os.fsencode(spec["comm"])[:15]), 0, 0, 0)
-        path = spec["path"]
-        sys.argv = [path]
-        sys.orig_argv = list(spec["cmdline"])
-        if not getattr(sys.flags, "safe_path", False):
-            sys.path.insert(0, os.path.dirname(os.path.realpath(path)))
         self._reopen_std_streams()
         main = type(sys)("__main__")
         main.__dict__.update(
@@ -131,22 +177,6 @@ class Job:
         sys.modules["__main__"] = main
         _signal.pthread_sigmask(_signal.SIG_SETMASK, spec["sigmask"])
         return main
-
-    def _set_environ(self):
-        """os.environ (and the C environment) exactly as exec would make it:
-        the runner's variables in its order, then what the interpreter adds."""
-        wanted = dict(entry.split(b"=", 1) for entry in self.spec["env"])
-        for name, value in self.startup.added_env:
-            wanted[name] = value
-        current = list(os.environb)
-        if current == list(wanted)[: len(current)]:
-            # The usual case: ours is the start of the hook's, in the same order.
-            for name, value in wanted.items():
-                if os.environb.get(name) != value:
-                    os.environb[name] = value
-        else:
-            os.environb.clear()
-            os.environb.update(wanted)
 
     def _reopen_std_streams(self):
         """sys.stdin/stdout/stderr as the interpreter makes them at start, on

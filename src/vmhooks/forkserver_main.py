@@ -170,20 +170,29 @@ class Server:
         for finder in list(sys.path_importer_cache.values()):  # directory listings as a new process finds them
             if finder is not None and hasattr(finder, "invalidate_caches"):
                 finder.invalidate_caches()
+        try:
+            token = forkserver_child.before_fork(self.startup, spec)
+        except OSError as why:  # the agent's working directory is gone, say: exec says the same
+            for fd in fds:
+                os.close(fd)
+            self.send(marshal.dumps(("exec", str(why))))
+            return None
         gc.freeze()  # a collection in the child then leaves our objects (and their pages) alone
         try:
             pid, pidfd = fork_for_agent(given.get("cgroup", -1))
         except OSError as exc:
+            forkserver_child.after_fork(self.startup, token)
             for fd in fds:
                 os.close(fd)
             self.send(marshal.dumps(("error", exc.errno, exc.strerror)))
             return None
         if pid == 0:
             self.sock.detach()  # closed with every other fd: no object may close its number later
-            return forkserver_child.Job(self.startup, spec, code, given, self.modules)
-        for fd in fds:
+            return forkserver_child.Job(self.startup, spec, code, given, self.modules, token)
+        for fd in fds:  # before the answer: the agent reads the hook's stderr until every copy is closed
             os.close(fd)
         self.send(marshal.dumps(("started", pid)), [pidfd])
+        forkserver_child.after_fork(self.startup, token)
         os.close(pidfd)
         return None
 
