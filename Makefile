@@ -37,4 +37,4 @@ uninstall:
 	sh scripts/install uninstall
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache src/vmhooks/*.so

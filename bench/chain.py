@@ -44,12 +44,18 @@ except ImportError:
     sys.path.insert(0, str(REPO / "src"))
     import vmhooks
 from vmhooks import runner  # noqa: E402
+
+try:  # the fork server's fast path (absent from a copy that predates it)
+    from vmhooks.forkserver import FastPathSettings  # noqa: E402
+except ImportError:
+    FastPathSettings = None  # type: ignore[assignment,misc]
 from vmhooks.environment import build_environment  # noqa: E402
 
 SEED_XML = REPO / "tests" / "data" / "seed-domain.xml"
 POINT = "before_vm_start"
 VM_ID = "3573e29e-5de9-468a-9fae-16050c6b3dcc"  # the seed domain's uuid
 GOAL_RATIO = 1.15  # the issue's goal: shell hooks, N = 50
+FAST_GOAL = 4.0  # issue 13: Python hooks forked at least 4x faster than exec'd, at N = 10 and 50
 
 # Timed (runner, limit) pairs per chain. Shell chains are cheap, so they get
 # many pairs (the goal is judged on them); a Python hook costs tens of ms.
@@ -121,12 +127,14 @@ def make_chain(root: Path, flavour: str, n: int, python: str) -> Path:
     return hooks_dir
 
 
-def run_runner(config: runner.RunnerConfig, seed: str, n: int) -> float:
+def run_runner(config: runner.RunnerConfig, seed: str, n: int, fast: bool = False) -> float:
     started = time.perf_counter()
     result = runner.run_chain(POINT, seed, config, vm_id=VM_ID)
     elapsed = time.perf_counter() - started
     if len(result.scripts) != n or result.failed:
         raise SystemExit(f"runner chain did not run cleanly: {result.error_message()}")
+    if fast and not all(getattr(run, "fast_path", False) for run in result.scripts):
+        raise SystemExit("the fast path did not take every Python hook")
     return elapsed
 
 
@@ -147,10 +155,20 @@ def run_limit(scripts: list[str], env: dict[str, str], payload: Path, seed: byte
     return time.perf_counter() - started
 
 
+def configs(hooks_dir: Path, work_dir: Path | None, flavour: str) -> dict[str, runner.RunnerConfig]:
+    """The runner as it was (every hook exec'd) and, for Python hooks, with the fast path."""
+    if FastPathSettings is None:
+        return {"runner": runner.RunnerConfig(hooks_dir=hooks_dir, work_dir=work_dir)}
+    found = {"runner": runner.RunnerConfig(hooks_dir=hooks_dir, work_dir=work_dir, fast_path=FastPathSettings(False))}
+    if flavour == "py":
+        found["fast"] = runner.RunnerConfig(hooks_dir=hooks_dir, work_dir=work_dir, fast_path=FastPathSettings(True))
+    return found
+
+
 def measure(
     flavour: str, n: int, hooks_dir: Path, scratch: Path, work_dir: Path | None, seed: str, repeat: int
 ) -> dict:
-    config = runner.RunnerConfig(hooks_dir=hooks_dir, work_dir=work_dir)
+    runner_configs = configs(hooks_dir, work_dir, flavour)
     scripts = sorted(str(p) for p in (hooks_dir / POINT).iterdir())
     payload = scratch / f"limit-{flavour}-{n}.xml"
     env = build_environment(os.environ, None, None, VM_ID)  # what run_chain gives its scripts
@@ -162,14 +180,18 @@ def measure(
         in-process, so that is its own work; the scripts' CPU is not in it."""
         gc.collect()
         cpu = time.process_time()
-        wall = run_runner(config, seed, n) if side == "runner" else run_limit(scripts, env, payload, seed_bytes)
+        if side == "limit":
+            wall = run_limit(scripts, env, payload, seed_bytes)
+        else:
+            wall = run_runner(runner_configs[side], seed, n, fast=side == "fast")
         return wall, time.process_time() - cpu
 
-    one("runner")  # warm-up: page cache, the interpreters, the runner's imports
-    one("limit")
-    row: dict = {"flavour": flavour, "n": n, "runner": [], "limit": [], "runner_cpu": [], "limit_cpu": []}
+    sides = [*runner_configs, "limit"]
+    for side in sides:  # warm-up: page cache, the interpreters, the runner's imports, the fork server
+        one(side)
+    row: dict = {"flavour": flavour, "n": n, **{key: [] for side in sides for key in (side, f"{side}_cpu")}}
     for rep in range(repeat):
-        for side in ("runner", "limit") if rep % 2 == 0 else ("limit", "runner"):
+        for side in sides[rep % len(sides) :] + sides[: rep % len(sides)]:  # each side leads in turn
             wall, cpu = one(side)
             row[side].append(wall)
             row[f"{side}_cpu"].append(cpu)
@@ -259,6 +281,39 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def format_fast_table(rows: list[dict]) -> str:
+    """Python hooks: exec'd (the runner as before) against the fork server, in the same run."""
+    head = (
+        f"{'hooks':<5} {'N':>3} | {'exec med s':>10} {'fast med s':>10} | {'ms/script exec':>14} {'fast':>7} "
+        f"{'limit':>7} | {'exec/fast':>9} {'of mins':>7} | {'limit/fast':>10}"
+    )
+    out = [head, "-" * len(head)]
+    for row in rows:
+        if "fast" not in row:
+            continue
+        n, exec_s, fast_s, limit_s = row["n"], row["runner"], row["fast"], row["limit"]
+        out.append(
+            f"{row['flavour']:<5} {n:>3} | {statistics.median(exec_s):>10.4f} {statistics.median(fast_s):>10.4f} | "
+            f"{1000 * statistics.median(exec_s) / n:>14.3f} {1000 * statistics.median(fast_s) / n:>7.3f} "
+            f"{1000 * statistics.median(limit_s) / n:>7.3f} | {fast_ratio(row):>9.2f} "
+            f"{min(exec_s) / min(fast_s):>7.2f} | {statistics.median(lim / f for lim, f in zip(limit_s, fast_s)):>10.2f}"
+        )
+    return "\n".join(out)
+
+
+def fast_ratio(row: dict) -> float:
+    return statistics.median(e / f for e, f in zip(row["runner"], row["fast"]))
+
+
+def fast_goal_line(rows: list[dict]) -> str:
+    measured = {row["n"]: fast_ratio(row) for row in rows if "fast" in row}
+    if not {10, 50} <= set(measured):
+        return f"goal (py, exec/fast >= {FAST_GOAL} at N=10 and N=50): not measured (needs py and N=10,50)"
+    verdict = "MET" if min(measured[10], measured[50]) >= FAST_GOAL else "MISSED"
+    return (f"goal (py, exec/fast >= {FAST_GOAL} at N=10 and N=50): {measured[10]:.2f} and {measured[50]:.2f}"
+            f" -> {verdict}")  # fmt: skip
+
+
 def goal_line(rows: list[dict]) -> str:
     for row in rows:
         if row["flavour"] == "sh" and row["n"] == 50:
@@ -269,7 +324,7 @@ def goal_line(rows: list[dict]) -> str:
 
 
 def profile_runner(hooks_dir: Path, work_dir: Path | None, seed: str, n: int, chains: int) -> str:
-    config = runner.RunnerConfig(hooks_dir=hooks_dir, work_dir=work_dir)
+    config = configs(hooks_dir, work_dir, "sh")["runner"]
     run_runner(config, seed, n)
     profiler = cProfile.Profile()
     profiler.enable()
@@ -304,6 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(rows))
         print()
         print(goal_line(rows))
+        if any("fast" in row for row in rows):
+            print()
+            print(format_fast_table(rows))
+            print()
+            print(fast_goal_line(rows))
         print(f"(bench time {time.perf_counter() - started:.1f} s)", flush=True)
         if args.profile and "sh" in args.flavours:
             n = max(args.sizes["sh"])

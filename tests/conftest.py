@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import textwrap
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -48,6 +51,22 @@ def as_nobody(function: Callable[[], Any]) -> Any:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     return json.loads(data)
+
+
+def process_dead(pid: int, within: float = 3.0) -> bool:
+    """Gone, or a zombie waiting for a reaper (the container's init may not reap)."""
+    end = time.monotonic() + within
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                state = handle.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -107,3 +126,53 @@ def agent(tmp_path: Path, hooks_dir: Path):
     instance.start()
     yield instance
     instance.stop()
+
+
+class LinkedRoot(NamedTuple):
+    hooks_dir: Path  # the hooks root as the admin gave it: a symlink
+    holder: Path  # the directory that holds the symlink
+    marks: Path  # 10_first, good_second or evil appear here as the scripts run
+
+
+@pytest.fixture(params=["nobody-dir", "sticky-dir"])
+def linked_root(request: pytest.FixtureRequest) -> Iterator[LinkedRoot]:
+    """A hooks root reached through a symlink whose directory someone else
+    can write (owned by nobody), or only add to (sticky, world-writable).
+
+    The link leads to a root-owned tree whose first script, as nobody,
+    re-points the link to nobody's own tree (20_second there marks `evil`)
+    before the second script of the chain runs."""
+    public = Path(tempfile.mkdtemp(prefix="vmhooks-link-"))
+    os.chmod(public, 0o755)
+    try:
+        marks = public / "marks"
+        marks.mkdir(mode=0o755)
+        holder = public / "holder"
+        holder.mkdir()
+        if request.param == "nobody-dir":
+            os.chown(holder, NOBODY, NOBODY)
+            os.chmod(holder, 0o755)
+        else:
+            os.chmod(holder, 0o1777)
+        link = holder / "hooksroot"
+        repoint = (
+            f"setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups "
+            f"sh -c 'ln -s {public}/bad {holder}/new && mv -T {holder}/new {link}' 2>/dev/null\n"
+        )
+        for tree, scripts, owner in (
+            ("good", {"10_first": f"{repoint}touch {marks}/first\n", "20_second": f"touch {marks}/good_second\n"}, 0),
+            ("bad", {"20_second": f"touch {marks}/evil\n"}, NOBODY),
+        ):
+            point = public / tree / "before_vm_start"
+            point.mkdir(parents=True)
+            for directory in (point.parent, point):
+                os.chmod(directory, 0o755)
+                os.chown(directory, owner, owner)
+            for name, body in scripts.items():
+                (point / name).write_text(f"#!/bin/sh\n{body}")
+                os.chmod(point / name, 0o755)
+                os.chown(point / name, owner, owner)
+        link.symlink_to(public / "good")
+        yield LinkedRoot(link, holder, marks)
+    finally:
+        shutil.rmtree(public)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import NOBODY, LinkedRoot
 
 from vmhooks.cli import main
 
@@ -281,7 +283,8 @@ def test_hooks_pythonpath_extends_what_resolves(
     assert '"v": "from site"' in capsys.readouterr().out
     os.chmod(site, 0o777)
     assert main(["hooks", "check", "--hooks-dir", str(hooks_dir), "--hooks-pythonpath", str(site)]) == 2
-    assert "is unsafe, hooks would import from it: writable by group or others" in capsys.readouterr().err
+    message = f"is unsafe, hooks would import from it: directory {site} is writable by group or others"
+    assert message in capsys.readouterr().err
 
 
 def test_the_interpreter_of_an_unsafe_script_is_not_started(
@@ -299,3 +302,19 @@ def test_the_interpreter_of_an_unsafe_script_is_not_started(
     lines = check()[1]
     assert (tmp_path / "started").exists()
     assert lines == [f"{script}: its interpreter could not be asked which of its imports it finds"]
+
+
+def test_a_root_through_a_link_others_can_repoint_is_reported(
+    linked_root: LinkedRoot, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["hooks", "check", "--hooks-dir", str(linked_root.hooks_dir)])
+    lines = capsys.readouterr().out.splitlines()
+    if linked_root.holder.stat().st_mode & stat.S_ISVTX:
+        assert (code, lines) == (0, [f"{linked_root.hooks_dir}: no problems found"])
+    else:
+        assert code == 1
+        assert lines[0] == (
+            f"{linked_root.hooks_dir}: unsafe, the agent refuses every script under it: "
+            f"directory {linked_root.holder} is owned by uid {NOBODY}, not root or the agent's user"
+        )
+        assert all(str(linked_root.holder) in line for line in lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import LinkedRoot
 
 from vmhooks.cli import main
 
@@ -311,3 +313,41 @@ def test_real_command(make_hook: MakeHook, hooks_dir: Path, xml_file: Path) -> N
         capture_output=True, text=True, timeout=60,
     )
     assert failed.returncode == 1 and "20_fail failed (exit 1)" in failed.stdout
+
+
+def test_a_link_others_can_repoint_never_runs_their_script(
+    linked_root: LinkedRoot, xml_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As with run_chain (test_runner): nobody re-points the link between the two scripts.
+    code = main(["hooks", "run", "before_vm_start", "--xml", str(xml_file),
+                 "--hooks-dir", str(linked_root.hooks_dir), "--output", "json"])  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert not (linked_root.marks / "evil").exists()
+    statuses = [script["status"] for script in report["scripts"]]
+    if linked_root.holder.stat().st_mode & stat.S_ISVTX:
+        assert (code, statuses) == (0, ["ok", "ok"])
+    else:
+        assert (code, statuses) == (1, ["refused", "refused"])
+        assert str(linked_root.holder) in report["scripts"][1]["note"]
+
+
+def test_json_says_how_descendants_are_contained(
+    make_hook: MakeHook, hooks_run: Callable[..., tuple[int, str, str]], xml_file: Path
+) -> None:
+    make_hook("before_vm_start", "10_ok", "exit 0\n")
+    code, out, _ = hooks_run("before_vm_start", "--xml", str(xml_file), "--output", "json")
+    containment = json.loads(out)["containment"]
+    assert containment["mechanism"] in ("cgroup", "subreaper")
+    assert containment["detail"]
+
+
+def test_json_says_which_scripts_took_the_fast_path(
+    make_hook: MakeHook, hooks_run: Callable[..., tuple[int, str, str]], xml_file: Path
+) -> None:
+    body = "import hooking\nhooking.write_domxml(hooking.read_domxml())\n"
+    make_hook("before_vm_start", "10_py", body, lang="python")
+    make_hook("before_vm_start", "20_sh", "exit 0\n")
+    for flags, fast in (((), [True, False]), (("--no-fast-path",), [False, False])):
+        code, out, _ = hooks_run("before_vm_start", "--xml", str(xml_file), "--output", "json", *flags)
+        assert code == 0
+        assert [script["fast_path"] for script in json.loads(out)["scripts"]] == fast

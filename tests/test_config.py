@@ -60,3 +60,24 @@ def test_hooks_pythonpath_in_the_config_file(tmp_path: Path) -> None:
     config.write_text(f'[agent]\nhooks_pythonpath = "{site}:{tmp_path / "absent"}"\n')
     with pytest.raises(UsageError, match="hooks_pythonpath: .*absent' is not a directory"):
         load_settings_file(config)
+
+
+def test_fast_path_settings_from_the_file_and_the_flag(tmp_path: Path):
+    config = tmp_path / "vmhooks.toml"
+    config.write_text(
+        '[agent]\nfast_path = true\nfast_path_exclude = ["before_vm_start/50_*"]\n'
+        'fast_path_interpreters = ["/usr/bin/python3"]\n'
+    )
+    settings = settings_from(build_parser().parse_args(["serve", "--config", str(config)]))
+    assert (settings.fast_path, settings.fast_path_exclude, settings.fast_path_interpreters) == (
+        True, ("before_vm_start/50_*",), ("/usr/bin/python3",))  # fmt: skip
+    assert not settings_from(build_parser().parse_args(["serve", "--config", str(config), "--no-fast-path"])).fast_path
+    assert AgentSettings().fast_path
+
+
+@pytest.mark.parametrize("text", ["[agent]\nfast_path_exclude = [1]\n", "[agent]\nfast_path_interpreters = [\"\"]\n"])
+def test_fast_path_lists_hold_strings(tmp_path: Path, text: str):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    with pytest.raises(UsageError, match="must be a list of strings"):
+        load_settings_file(config)

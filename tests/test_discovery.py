@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vmhooks.discovery import find_scripts, inventory, point_dir, unsafe_reason
+from vmhooks.discovery import find_scripts, inventory, point_dir, unsafe_directory_reason, unsafe_reason
 from vmhooks.errors import UnknownPointError
 
 POINT = "before_vm_start"
@@ -302,3 +302,84 @@ def test_inventory_skips_names_no_point_can_have(make_hook: Callable[..., Path],
     (odd / "x").write_text("#!/bin/sh\n")
     (odd / "x").chmod(0o755)
     assert list(inventory(hooks_dir)) == [POINT]
+
+
+# --- the path as given, symlinks and all (issue 8, item 2) ---------------------------
+
+
+@pytest.fixture
+def tree(public_hooks_dir: Path) -> Path:
+    """public/real/before_vm_start/10_x, all root-owned 0755."""
+    point = public_hooks_dir / "real" / POINT
+    point.mkdir(parents=True)
+    for directory in (point.parent, point):
+        os.chmod(directory, 0o755)
+    (point / "10_x").write_text("#!/bin/sh\nexit 0\n")
+    os.chmod(point / "10_x", 0o755)
+    return public_hooks_dir
+
+
+def test_a_directory_holding_a_link_on_the_way_counts(tree: Path) -> None:
+    holder = tree / "holder"
+    holder.mkdir(mode=0o755)
+    (holder / "hooks").symlink_to(tree / "real")
+    script = holder / "hooks" / POINT / "10_x"
+    assert unsafe_reason(script) is None
+    os.chown(holder, NOBODY, NOBODY)  # nobody could re-point the link: the target's safety is moot
+    assert unsafe_reason(script) == f"directory {holder} is owned by uid {NOBODY}, not root or the agent's user"
+    assert unsafe_directory_reason(holder / "hooks") == unsafe_reason(script)
+
+
+def test_in_a_sticky_directory_the_links_owner_counts(tree: Path) -> None:
+    shared = tree / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    link = shared / "hooks"
+    link.symlink_to(tree / "real")
+    script = link / POINT / "10_x"
+    assert unsafe_reason(script) is None  # root's link: others cannot replace it
+    os.lchown(link, NOBODY, NOBODY)
+    assert unsafe_reason(script) == f"{link} is owned by uid {NOBODY} in {shared}, which others can write"
+
+
+def test_every_link_of_a_chain_and_every_target_directory_counts(tree: Path) -> None:
+    # hop1/a -> ../hop2/b (relative, through ..) -> <tree>/real (absolute)
+    for hop in ("hop1", "hop2"):
+        (tree / hop).mkdir(mode=0o755)
+    (tree / "hop2" / "b").symlink_to(tree / "real")
+    (tree / "hop1" / "a").symlink_to("../hop2/b")
+    script = tree / "hop1" / "a" / POINT / "10_x"
+    assert script.exists()
+    assert unsafe_reason(script) is None
+    os.chown(tree / "hop2", NOBODY, NOBODY)
+    assert unsafe_reason(script) == f"directory {tree / 'hop2'} is owned by uid {NOBODY}, not root or the agent's user"
+    os.chown(tree / "hop2", 0, 0)
+    os.chmod(tree / "real" / POINT, 0o777)  # the last target
+    assert unsafe_reason(script) == f"directory {tree / 'real' / POINT} is writable by group or others (mode 0777)"
+
+
+def test_a_link_to_a_script_is_checked_where_it_leads(tree: Path) -> None:
+    elsewhere = tree / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    target = elsewhere / "script"
+    target.write_text("#!/bin/sh\n")
+    os.chmod(target, 0o755)
+    link = tree / "real" / POINT / "20_link"
+    link.symlink_to("../../elsewhere/script")
+    assert unsafe_reason(link) is None
+    os.chown(target, NOBODY, NOBODY)
+    assert unsafe_reason(link) == f"owned by uid {NOBODY}, not root or the agent's user"
+
+
+def test_a_link_loop_is_unsafe(tree: Path) -> None:
+    (tree / "loop").symlink_to(tree / "loop")
+    reason = unsafe_reason(tree / "loop" / POINT / "10_x")
+    assert reason is not None and "Too many levels of symbolic links" in reason
+
+
+def test_a_relative_path_counts_from_the_working_directory(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tree)
+    script = Path("real") / POINT / "10_x"
+    assert unsafe_reason(script) is None
+    os.chmod(tree, 0o777)  # the working directory itself is on the way
+    assert unsafe_reason(script) == f"directory {tree} is writable by group or others (mode 0777)"

@@ -211,7 +211,7 @@ def test_hook_timeout_is_a_grpc_error_well_within_the_minute(
         launcher.on_define_domain()
     assert time.monotonic() - started < 10
     assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "10_hang failed (timed out after 1s, process group killed)" in caught.value.details()
+    assert "10_hang failed (timed out after 1s, killed with every process it started)" in caught.value.details()
     launcher.close()
     assert process.stop() == 0
 

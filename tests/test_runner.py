@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import stat
 import sys
 import textwrap
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import NOBODY, LinkedRoot, process_dead
 
 from vmhooks.environment import HOOKLIB_DIR
 from vmhooks.errors import HookError, InvalidEnvironmentError, UnknownPointError
@@ -58,22 +60,6 @@ def children() -> Iterator[list[int]]:
                 os.kill(pid, signal.SIGKILL)
         except (FileNotFoundError, ProcessLookupError):
             pass
-
-
-def process_dead(pid: int, within: float = 3.0) -> bool:
-    """Gone, or a zombie waiting for a reaper (the container's init may not reap)."""
-    end = time.monotonic() + within
-    while True:
-        try:
-            with open(f"/proc/{pid}/stat") as handle:
-                state = handle.read().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        if state in ("Z", "X"):
-            return True
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.02)
 
 
 def by_name(result: ChainResult) -> dict[str, Any]:
@@ -990,3 +976,32 @@ def test_a_very_long_timeout_is_not_an_error(make_hook: MakeHook, config: Callab
     make_hook("before_vm_destroy", "50_ok", "exit 0")
     result = run_chain("before_vm_destroy", None, config(), vm_id="x", timeout=1e12)
     assert [run.status for run in result.scripts] == [Status.OK]
+
+
+# --- a hooks root reached through a symlink (issue 8, item 2) -------------------------
+
+
+def test_a_link_others_can_repoint_never_runs_their_script(linked_root: LinkedRoot) -> None:
+    # The first script re-points the link (as nobody) before the second runs.
+    result = run_chain("before_vm_start", "<domain/>", RunnerConfig(linked_root.hooks_dir))
+    assert not (linked_root.marks / "evil").exists()
+    if linked_root.holder.stat().st_mode & stat.S_ISVTX:
+        # Nobody cannot replace root's link in a sticky directory: the chain is safe and runs.
+        assert [run.status for run in result.scripts] == [Status.OK, Status.OK]
+        assert (linked_root.marks / "good_second").exists()
+        assert os.readlink(linked_root.hooks_dir).endswith("/good")
+    else:
+        assert [run.status for run in result.scripts] == [Status.REFUSED, Status.REFUSED]
+        assert all(f"directory {linked_root.holder} is owned by uid {NOBODY}" in run.note for run in result.scripts)
+        assert not (linked_root.marks / "first").exists()
+
+
+def test_a_key_log_file_cannot_be_set_through_a_property(
+    make_hook: MakeHook, config: Callable[..., RunnerConfig], marks: Path
+) -> None:
+    # Any hook that opens a TLS context would create the file, as root, wherever the property says.
+    make_hook("before_vm_start", "10_tls", "import ssl\nssl.create_default_context()\n", lang="python")
+    keylog = marks / "keys"
+    with pytest.raises(InvalidEnvironmentError, match="SSLKEYLOGFILE"):
+        run_chain("before_vm_start", "<domain/>", config(), custom={"SSLKEYLOGFILE": str(keylog)})
+    assert not keylog.exists()

@@ -35,6 +35,9 @@ class AgentSettings(NamedTuple):
     hook_timeout: float = 60.0  # seconds per script
     hook_timeouts: Mapping[str, float] = {}  # "point" or "point/script" -> seconds
     allow_unsafe_hooks: bool = False
+    fast_path: bool = True  # Python hooks forked from a warm interpreter (README "Python hooks, fast")
+    fast_path_exclude: tuple[str, ...] = ()  # globs of "point/script" or paths always exec'd
+    fast_path_interpreters: tuple[str, ...] = ()  # served besides the agent's own Python
     properties: str | None = None  # oVirt UserDefinedVMProperties: name=regex;...
     save_dir: Path | None = None  # hibernation images (default: <state_dir>/hibernation)
     history_days: float = 90.0  # hook runs older than this are forgotten
@@ -65,6 +68,9 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "hook_timeout": (int, float),
     "hook_timeouts": dict,
     "allow_unsafe_hooks": bool,
+    "fast_path": bool,
+    "fast_path_exclude": list,
+    "fast_path_interpreters": list,
     "properties": str,
     "save_dir": str,
     "history_days": (int, float),
@@ -124,6 +130,11 @@ def load_settings_file(path: Path) -> dict[str, Any]:
         if field == "hooks_pythonpath":
             value = pythonpath_dirs(value, f"config file {str(path)!r}: hooks_pythonpath")
         values[field] = Path(value) if field in _PATHS else value
+    for key in ("fast_path_exclude", "fast_path_interpreters"):
+        if key in values:
+            if not all(isinstance(item, str) and item for item in values[key]):
+                raise UsageError(f"config file {str(path)!r}: {key} must be a list of strings")
+            values[key] = tuple(values[key])
     for point, seconds in values.get("hook_timeouts", {}).items():
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
             raise UsageError(f"config file {str(path)!r}: hook_timeouts.{point} must be > 0")

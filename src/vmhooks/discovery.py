@@ -2,6 +2,7 @@
 sha256 inventory the host reports with its capabilities."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -12,6 +13,8 @@ from typing import NamedTuple
 from vmhooks.errors import UnknownPointError
 
 log = logging.getLogger("vmhooks.discovery")
+
+MAX_SYMLINKS = 40  # the kernel's limit on links followed in one lookup
 
 
 class Script(NamedTuple):
@@ -55,51 +58,122 @@ def find_scripts(hooks_dir: Path, point: str) -> list[Script]:
     return scripts
 
 
+class Resolved(NamedTuple):
+    """Where a path leads, checked: `reason` says why it cannot be trusted."""
+
+    real: str  # the path with every symlink resolved (as far as the walk got)
+    reason: str | None
+    shared: bool = False  # `real` is a sticky directory others can write
+
+
 def unsafe_reason(
-    path: Path, trusted_uids: frozenset[int] | None = None, seen: dict[Path, str | None] | None = None
+    path: Path, trusted_uids: frozenset[int] | None = None, seen: dict[str, Resolved] | None = None
 ) -> str | None:
     """Why running `path` would let someone else run code as us, or None.
 
-    Anyone who can write the script, or rename it or any directory above it
-    (up to /, and above a symlink's target too), can run code as the agent,
-    so such scripts are refused. `seen` caches directory verdicts across the
-    scripts of one chain.
+    The path is checked as given, the way the kernel resolves it when the
+    runner executes it: every directory it looks a name up in, from / (or the
+    working directory) through every symlink met on the way (the directories
+    that hold the links, and those of their targets), must be one that nobody
+    untrusted can change, and the file must be owned by root or the agent's
+    user and writable by nobody else. Whoever can change any of these could
+    swap the script, even between two scripts of one chain; when nobody can,
+    the path leads to the file checked here for as long as the chain runs.
+
+    `seen` caches the verdict on each directory across the scripts of a chain.
     """
     if trusted_uids is None:
         trusted_uids = frozenset({0, os.geteuid()})
-    if seen is None:
-        seen = {}
+    text = str(path)
+    parent, slash, name = text.rpartition("/")
+    if not slash:
+        parent = "."
+    if name in ("", ".", ".."):
+        return f"cannot stat: {os.strerror(errno.EISDIR)}"
+    directory = (seen or {}).get(parent) or resolve(parent or "/", trusted_uids, directory=True)
+    if seen is not None:
+        seen[parent] = directory
+    if directory.reason:
+        return directory.reason
+    # Nobody untrusted can change the directory, so what it holds stays: go on from its real path.
+    return resolve(name, trusted_uids, directory=False, start=directory).reason
+
+
+def unsafe_directory_reason(path: Path, trusted_uids: frozenset[int] | None = None) -> str | None:
+    """Why someone untrusted could change what the directory `path` (as
+    given, symlinks and all) holds, or None."""
+    if trusted_uids is None:
+        trusted_uids = frozenset({0, os.geteuid()})
+    return resolve(str(path), trusted_uids, directory=True).reason
+
+
+def resolve(path: str, trusted_uids: frozenset[int], directory: bool, start: Resolved | None = None) -> Resolved:
+    """Follow `path` one name at a time as the kernel does, checking every
+    entry met; relative paths start at `start` (a checked directory), else at
+    the working directory."""
     try:
-        st = os.stat(path)
-        directories = [path.parent]
-        if os.path.islink(path):  # stat followed it: its target's directories count too
-            directories.append(Path(os.path.realpath(path)).parent)
-    except OSError as exc:
-        return f"cannot stat: {exc.strerror}"
+        return _resolve(path, trusted_uids, directory, start)
+    except OSError as exc:  # the working directory or a link vanished meanwhile
+        return Resolved(path, f"cannot stat {path}: {exc.strerror}")
+
+
+def _resolve(path: str, trusted_uids: frozenset[int], directory: bool, start: Resolved | None) -> Resolved:
+    if start is None or path.startswith("/"):
+        if not path.startswith("/"):
+            path = os.getcwd() + "/" + path  # a real path, whose directories are checked below
+        root = os.lstat("/")
+        start = Resolved("/", _entry_reason("/", root, trusted_uids), _is_shared(root))
+        if start.reason:
+            return start
+    current, shared = start.real, start.shared
+    pending = path.split("/")[::-1]
+    links = 0
+    while pending:
+        name = pending.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = os.path.dirname(current)  # `current` is real: .. is its parent
+            shared = _is_shared(os.lstat(current))
+            continue
+        entry = f"{current.rstrip('/')}/{name}"
+        try:
+            st = os.lstat(entry)
+        except OSError as exc:
+            return Resolved(entry, f"cannot stat {entry}: {exc.strerror}")
+        if shared and st.st_uid not in trusted_uids:
+            # A sticky directory others can write: an entry's owner can still replace it.
+            return Resolved(entry, f"{entry} is owned by uid {st.st_uid} in {current}, which others can write")
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > MAX_SYMLINKS:
+                return Resolved(entry, f"cannot stat {entry}: {os.strerror(errno.ELOOP)}")
+            target = os.readlink(entry)
+            if target.startswith("/"):
+                current, shared = "/", _is_shared(os.lstat("/"))
+            pending.extend(target.split("/")[::-1])
+            continue
+        last = all(part in ("", ".") for part in pending)
+        if (not last or directory) and not stat.S_ISDIR(st.st_mode):
+            return Resolved(entry, f"cannot stat {entry}: {os.strerror(errno.ENOTDIR)}")
+        reason = _entry_reason(entry, st, trusted_uids)
+        if reason:
+            return Resolved(entry, reason)
+        current, shared = entry, _is_shared(st)
+    return Resolved(current, None, shared)
+
+
+def _is_shared(st: os.stat_result) -> bool:
+    """A directory others can write, where only the sticky bit guards entries."""
+    return stat.S_ISDIR(st.st_mode) and bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _entry_reason(entry: str, st: os.stat_result, trusted_uids: frozenset[int]) -> str | None:
+    what = f"directory {entry} is " if stat.S_ISDIR(st.st_mode) else ""
     if st.st_uid not in trusted_uids:
-        return f"owned by uid {st.st_uid}, not root or the agent's user"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    for directory in directories:
-        if directory not in seen:
-            seen[directory] = _directory_reason(directory, trusted_uids)
-        if seen[directory]:
-            return seen[directory]
-    return None
-
-
-def _directory_reason(directory: Path, trusted_uids: frozenset[int]) -> str | None:
-    """Why someone untrusted could swap what `directory` holds, or None."""
-    try:
-        real = Path(os.path.realpath(directory))
-        for ancestor in (real, *real.parents):
-            st = os.stat(ancestor)
-            if st.st_uid not in trusted_uids:
-                return f"directory {ancestor} is owned by uid {st.st_uid}, not root or the agent's user"
-            if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
-                return f"directory {ancestor} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    except OSError as exc:
-        return f"cannot stat directory {directory}: {exc.strerror}"
+        return f"{what}owned by uid {st.st_uid}, not root or the agent's user"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+        return f"{what}writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
 
 

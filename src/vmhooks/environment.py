@@ -6,30 +6,126 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from vmhooks.errors import InvalidEnvironmentError
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
-# Variables read by the dynamic loader, interpreters and shells, or by the
-# hooks' own plumbing: a property of that name would reach every hook.
-RESERVED_NAMES = frozenset(
-    {
-        "PATH", "IFS", "ENV", "BASH_ENV", "HOME", "SHELL", "vmId",
-        "CDPATH", "PS4", "SHELLOPTS", "BASHOPTS", "GLOBIGNORE", "TMPDIR",
-        "PERL5LIB", "PERL5OPT", "PERLLIB", "RUBYLIB", "RUBYOPT",
-        "NODE_OPTIONS", "NODE_PATH", "GCONV_PATH", "LOCPATH", "NLSPATH",
-        "HOSTALIASES", "OPENSSL_CONF", "SSL_CERT_FILE", "SSL_CERT_DIR",
-        "ZDOTDIR", "LUA_INIT", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "GEM_PATH", "GEM_HOME",
-        "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "CURL_HOME", "XDG_CONFIG_HOME",
-        "RES_OPTIONS", "LOCALDOMAIN", "http_proxy", "https_proxy", "HTTP_PROXY",
-        "HTTPS_PROXY", "ALL_PROXY", "all_proxy", "no_proxy", "NO_PROXY",
-    }
-)  # fmt: skip
-# VMHOOKS_*: the agent's settings for hooks (e.g. where nestedvt reads sysfs).
-RESERVED_PREFIXES = (
-    "LD_", "PYTHON", "_hook_", "BASH", "MALLOC_", "GLIBC_", "VMHOOKS_", "GIT_", "LUA_",
-)  # fmt: skip
+
+class ReservedNames(NamedTuple):
+    """Variables that configure something other than the hook itself: a
+    property of such a name would reach every program and library the hook
+    runs, as root. `names` match exactly, `prefixes` by their start."""
+
+    why: str
+    names: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+
+
+# The one list of refused names (README "Security" shows it with the reasons).
+RESERVED = (
+    ReservedNames(
+        "the hooks' own plumbing and the agent's settings for hooks",
+        frozenset({"vmId"}), ("_hook_", "VMHOOKS_"),
+    ),
+    ReservedNames(
+        "the dynamic loader and libc: preloaded code, module and message-catalogue "
+        "paths, allocator and tunables, profiling output files",
+        frozenset({"GCONV_PATH", "LOCPATH", "NLSPATH", "GETCONF_DIR", "GMON_OUT_PREFIX", "DATEMSK"}),
+        ("LD_", "MALLOC_", "GLIBC_", "MEMUSAGE_", "SEGFAULT_", "LIBC_FATAL_"),
+    ),
+    ReservedNames(
+        "locale and time zone: how every tool parses and prints text, numbers and dates",
+        frozenset({"LANG", "LANGUAGE", "TZ", "TZDIR", "POSIXLY_CORRECT"}), ("LC_",),
+    ),
+    ReservedNames(
+        "name resolution (glibc resolver, NSS)",
+        frozenset({"HOSTALIASES", "RES_OPTIONS", "LOCALDOMAIN", "NIS_PATH"}), ("RESOLV_",),
+    ),
+    ReservedNames(
+        "shells: search paths, startup files, field splitting, traces",
+        frozenset({
+            "PATH", "IFS", "ENV", "HOME", "SHELL", "CDPATH", "FPATH", "ZDOTDIR", "SHELLOPTS",
+            "GLOBIGNORE", "PS1", "PS2", "PS3", "PS4", "PROMPT_COMMAND", "HISTFILE", "MAIL", "MAILPATH",
+        }),  # fmt: skip
+        ("BASH", "KSH_", "ZSH_"),
+    ),
+    ReservedNames(
+        "temporary directories, where libraries create files",
+        frozenset({"TMPDIR", "TMP", "TEMP", "TEMPDIR"}),
+    ),
+    ReservedNames(
+        "per-user configuration and runtime directories (XDG), read instead of /etc",
+        prefixes=("XDG_",),
+    ),
+    ReservedNames(
+        "interpreters: module search paths, startup code and options "
+        "(Python, Perl, Ruby, Node.js, Java, Lua, Tcl, PHP, R, Guile, gawk, .NET, Go)",
+        frozenset({
+            "_JAVA_OPTIONS", "CLASSPATH", "PHPRC", "AWKPATH", "AWKLIBPATH", "GODEBUG", "GOTRACEBACK",
+            "GOGC", "GOMAXPROCS", "GOMEMLIMIT", "R_PROFILE", "R_PROFILE_USER", "R_ENVIRON",
+            "R_ENVIRON_USER", "R_LIBS", "R_LIBS_USER", "R_LIBS_SITE", "TK_LIBRARY", "TIX_LIBRARY",
+        }),  # fmt: skip
+        (
+            "PYTHON", "PERL", "RUBY", "GEM_", "BUNDLE_", "NODE_", "JAVA_", "JDK_",
+            "LUA_", "TCL", "PHP_", "GUILE_", "DOTNET_", "COMPlus_",
+        ),
+    ),
+    ReservedNames(
+        "TLS and crypto libraries: trust stores, key logs, configuration and provider modules "
+        "(OpenSSL, GnuTLS, NSS, libgcrypt, p11-kit)",
+        frozenset({"REQUESTS_CA_BUNDLE", "NSPR_LOG_FILE", "NSPR_LOG_MODULES"}),
+        ("SSL", "OPENSSL", "GNUTLS_", "NSS_", "LIBGCRYPT_", "P11_KIT_"),
+    ),
+    ReservedNames(
+        "authentication and directory clients: Kerberos, SASL, LDAP, SSH, sudo, GnuPG",
+        frozenset({"GNUPGHOME", "GPG_AGENT_INFO", "NETRC"}),
+        ("KRB5", "SASL_", "LDAP", "SSH_", "SUDO_"),
+    ),
+    ReservedNames(
+        "network clients: proxies (any variable ending in _proxy, in any case, as Python's "
+        "urllib, curl and wget read them), curl, wget, git, rsync",
+        frozenset({"WGETRC", "SYSTEM_WGETRC", "CVS_RSH"}),
+        ("CURL", "GIT_", "RSYNC_"),
+    ),
+    ReservedNames(
+        "virtualization and storage libraries and tools the hooks call "
+        "(libvirt, virsh, libguestfs, QEMU, LVM, device-mapper)",
+        prefixes=("LIBVIRT_", "VIRSH_", "LIBGUESTFS_", "QEMU_", "LVM_", "DM_"),
+    ),
+    ReservedNames(
+        "system services a hook talks to: D-Bus buses, systemd notification and "
+        "socket activation, X11 and Wayland displays",
+        frozenset({"NOTIFY_SOCKET", "DISPLAY", "XAUTHORITY", "WAYLAND_DISPLAY"}),
+        ("DBUS_", "SYSTEMD_", "LISTEN_", "WATCHDOG_"),
+    ),
+    ReservedNames(
+        "plug-in module paths of libraries (GLib/GIO, GTK, Qt, GStreamer, iptables extensions)",
+        frozenset({"XTABLES_LIBDIR", "IPTABLES_LIB_DIR", "IP6TABLES_LIB_DIR"}),
+        ("GIO_", "G_", "GTK_", "GDK_", "QT_", "GST_"),
+    ),
+    ReservedNames(
+        "terminals, pagers and editors: terminfo files, commands run to show or edit text",
+        frozenset({"PAGER", "MANPAGER", "MANOPT", "EDITOR", "VISUAL", "BROWSER"}),
+        ("TERM", "LESS"),
+    ),
+    ReservedNames(
+        "default options of common tools, which change what they do or print",
+        frozenset({
+            "TAR_OPTIONS", "GZIP", "BZIP", "BZIP2", "XZ_OPT", "XZ_DEFAULTS", "ZSTD_CLEVEL",
+            "GREP_OPTIONS", "BLOCK_SIZE", "BLOCKSIZE", "DF_BLOCK_SIZE", "DU_BLOCK_SIZE",
+            "LS_BLOCK_SIZE", "TIME_STYLE", "QUOTING_STYLE", "PS_FORMAT", "PS_PERSONALITY",
+        }),  # fmt: skip
+    ),
+)
+# Read in any case: urllib takes every `<scheme>_proxy` whatever its case; npm
+# reads `npm_config_*` in any case too.
+ANY_CASE_SUFFIXES = ("_proxy",)
+ANY_CASE_PREFIXES = ("npm_config_",)
+RESERVED_NAMES = frozenset().union(*(group.names for group in RESERVED))
+RESERVED_PREFIXES = tuple(prefix for group in RESERVED for prefix in group.prefixes)
+
 # Linux refuses an exec whose single environment string exceeds 128 KiB, and
 # the whole argument + environment area is bounded too: refuse early, whole.
 MAX_VALUE_BYTES = 32 << 10
@@ -39,12 +135,19 @@ MAX_TOTAL_BYTES = 256 << 10
 HOOKLIB_DIR = Path(__file__).resolve().parent / "hooklib"
 
 
+def is_reserved(name: str) -> bool:
+    if name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES):
+        return True
+    folded = name.lower()
+    return folded.endswith(ANY_CASE_SUFFIXES) or folded.startswith(ANY_CASE_PREFIXES)
+
+
 def check_name(name: str, origin: str) -> None:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise InvalidEnvironmentError(
             f"{origin} name {name!r} is not an identifier ([A-Za-z_][A-Za-z0-9_]*)"
         )
-    if name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES):
+    if is_reserved(name):
         raise InvalidEnvironmentError(
             f"{origin} name {name!r} is reserved: it would change how hooks or "
             f"their interpreters run"

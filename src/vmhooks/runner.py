@@ -11,11 +11,9 @@ import difflib
 import enum
 import json
 import os
-import select
 import shutil
 import signal
 import stat
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
@@ -24,6 +22,8 @@ from typing import Any, NamedTuple
 
 from vmhooks import discovery, properties, validation
 from vmhooks.environment import build_environment, validated
+from vmhooks.execution import Limits, Outcome, Spawn, exec_spawn, execute
+from vmhooks.forkserver import FastPathSettings, FastSpawn
 from vmhooks.errors import HookError
 from vmhooks.points import HookPoint, Payload, get_point
 
@@ -61,6 +61,7 @@ class RunnerConfig(NamedTuple):
     hooks_pythonpath: tuple[Path, ...] = ()  # appended to the hooks' PYTHONPATH (site modules)
     libvirt_uri: str | None = None  # the agent's, for vdsm.common.libvirtconnection in hooks
     agent_socket: Path | None = None  # the agent's API, for vdsm.client in hooks
+    fast_path: FastPathSettings = FastPathSettings()  # Python hooks forked from a warm interpreter
 
     def hook_settings(self) -> dict[str, str]:
         """What hooks learn about the agent that runs them (VMHOOKS_* names
@@ -73,6 +74,11 @@ class RunnerConfig(NamedTuple):
         if self.agent_socket is not None:
             settings["VMHOOKS_SOCKET"] = str(self.agent_socket)
         return settings
+
+    def common_environment(self, base: Mapping[str, str]) -> dict[str, str]:
+        """Every hook's environment before its chain adds its own variables:
+        what a fork server starts with."""
+        return {**build_environment(base, extra_pythonpath=self.hooks_pythonpath), **self.hook_settings()}
 
     def timeout_for(self, point: str, script: str, override: float | None) -> float:
         if override is not None:
@@ -92,6 +98,7 @@ class ScriptRun(NamedTuple):
     changed: bool  # the script changed the payload
     diff: str = ""  # unified diff of the payload, when changed
     note: str = ""  # why the status, in words (timeout, reserved code, ...)
+    fast_path: bool = False  # forked by a fork server (a Python hook), not exec'd
 
     @property
     def failed(self) -> bool:
@@ -172,9 +179,8 @@ def run_chain(
     scripts = discovery.find_scripts(config.hooks_dir, point.name)
     if not scripts:
         return ChainResult(point, (), payload, _text(encode_payload(point, payload)), None, False, warnings)
-    env = build_environment(
-        os.environ if config.base_env is None else config.base_env, params, custom, vm_id, config.hooks_pythonpath
-    )
+    base = os.environ if config.base_env is None else config.base_env
+    env = build_environment(base, params, custom, vm_id, config.hooks_pythonpath)
     env.update(config.hook_settings())
     input_bytes = encode_payload(point, payload)
     if not config.allow_unsafe:
@@ -192,8 +198,11 @@ def run_chain(
         with os.fdopen(fd, "wb") as handle:
             handle.write(input_bytes)
         env["_hook_json" if point.payload is Payload.JSON else "_hook_domxml"] = str(path)
+        spawn: Spawn = exec_spawn
+        if config.fast_path.enabled:
+            spawn = FastSpawn(point.name, config.fast_path, lambda: config.common_environment(base), exec_spawn)
         runs, output, rejected = _run_scripts(
-            point, scripts, path, input_bytes, env, config, timeout, devnull, deadline
+            point, scripts, path, input_bytes, env, config, timeout, devnull, spawn, deadline
         )
     finally:
         if devnull >= 0:
@@ -219,7 +228,8 @@ def _run_scripts(
     env: dict[str, str],
     config: RunnerConfig,
     timeout: float | None,
-    stdout: int = subprocess.DEVNULL,
+    stdout: int,
+    spawn: Spawn,
     deadline: float | None = None,
 ) -> tuple[tuple[ScriptRun, ...], bytes, str | None]:
     runs: list[ScriptRun] = []
@@ -236,7 +246,8 @@ def _run_scripts(
                 break
             seconds = min(seconds, left)
         started = time.monotonic()
-        outcome = _execute(script.path, env, seconds, config, stdout)
+        limits = Limits(seconds, config.kill_grace, config.drain_timeout, config.stderr_cap)
+        outcome = execute(str(script.path), env, limits, stdout, spawn)
         duration = time.monotonic() - started
         after, read_problem = _read_payload(path)
         status, note = _classify(outcome, seconds)
@@ -252,7 +263,9 @@ def _run_scripts(
                 rejected = f"output rejected: {script.name} {problem}" if problem else None
         if outcome.exec_error:
             note = outcome.exec_error
-        runs.append(ScriptRun(script.name, status, outcome.rc, duration, outcome.stderr, changed, diff, note))
+        runs.append(
+            ScriptRun(script.name, status, outcome.rc, duration, outcome.stderr, changed, diff, note, outcome.fast_path)
+        )
         current = after
         if status in STOPS_CHAIN:
             break
@@ -261,7 +274,7 @@ def _run_scripts(
 
 def _refuse_unsafe(scripts: list[discovery.Script]) -> tuple[ScriptRun, ...]:
     refused = []
-    seen: dict[Path, str | None] = {}  # the scripts share their directories
+    seen: dict[str, discovery.Resolved] = {}  # the scripts share their directory
     for script in scripts:
         reason = discovery.unsafe_reason(script.path, seen=seen)
         if reason:
@@ -270,9 +283,9 @@ def _refuse_unsafe(scripts: list[discovery.Script]) -> tuple[ScriptRun, ...]:
     return tuple(refused)
 
 
-def _classify(outcome: _Outcome, seconds: float) -> tuple[Status, str]:
+def _classify(outcome: Outcome, seconds: float) -> tuple[Status, str]:
     if outcome.timed_out:
-        return Status.TIMEOUT, f"timed out after {seconds:g}s, process group killed"
+        return Status.TIMEOUT, f"timed out after {seconds:g}s, killed with every process it started"
     rc = outcome.rc
     if rc is None:
         return Status.ERROR, ""
@@ -289,151 +302,6 @@ def _classify(outcome: _Outcome, seconds: float) -> tuple[Status, str]:
     if rc == 2:
         return Status.STOPPED_CHAIN, "exit 2, chain stopped"
     return Status.ERROR, f"exit {rc}, reserved code treated as 1"
-
-
-class _Outcome(NamedTuple):
-    rc: int | None
-    timed_out: bool
-    stderr: str
-    exec_error: str = ""
-
-
-def _execute(
-    path: Path, env: Mapping[str, str], seconds: float, config: RunnerConfig, stdout: int = subprocess.DEVNULL
-) -> _Outcome:
-    """Spawn one script and wait for it: until it exits and its stderr closes,
-    at most `seconds`, then at most `drain_timeout` more for pipes that its
-    background children still hold."""
-    try:
-        proc = subprocess.Popen(
-            [str(path)],
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # its own process group, so a timeout kills it all
-        )
-    except OSError as exc:
-        return _Outcome(None, False, "", f"cannot execute: {exc.strerror or exc}")
-    assert proc.stderr is not None
-    stderr_fd = proc.stderr.fileno()
-    stderr = _CappedBuffer(config.stderr_cap)
-    deadline = time.monotonic() + seconds
-    timed_out = False
-    with _ExitWatch(proc) as watch:
-        # poll(2), not a selectors.DefaultSelector: no epoll instance to create,
-        # fill, empty and close for every script; one syscall per wait.
-        poller = select.poll()
-        poller.register(stderr_fd, select.POLLIN)
-        if watch.fd is not None:
-            poller.register(watch.fd, select.POLLIN)
-        stderr_open = True
-        exited_at: float | None = None
-        while True:
-            now = time.monotonic()
-            if exited_at is None and watch.fd is None and proc.poll() is not None:
-                exited_at = now
-            if exited_at is not None and (not stderr_open or now >= exited_at + config.drain_timeout):
-                break
-            if exited_at is None and now >= deadline:
-                timed_out = True
-                break
-            limit = (exited_at + config.drain_timeout) if exited_at is not None else deadline
-            wait = limit - now if watch.fd is not None else min(limit - now, 0.05)
-            # poll() takes milliseconds in a C int: cap one wait, the loop goes on.
-            for fd, _ in poller.poll(min(max(wait, 0.0), 3600.0) * 1000.0):
-                if fd == watch.fd:
-                    poller.unregister(fd)
-                    exited_at = time.monotonic()
-                    continue
-                chunk = os.read(fd, 1 << 16)
-                if chunk:
-                    stderr.add(chunk)
-                else:
-                    poller.unregister(fd)
-                    stderr_open = False
-        if timed_out:
-            _kill_group(proc, watch, config.kill_grace)
-    proc.stderr.close()
-    rc = proc.wait()
-    return _Outcome(rc, timed_out, stderr.text())
-
-
-def _kill_group(proc: subprocess.Popen[bytes], watch: _ExitWatch, grace: float) -> None:
-    """SIGTERM the script's process group, SIGKILL it after `grace`.
-
-    The leader is not reaped until the KILL is sent, so its pid (the group id)
-    cannot be reused by an unrelated process meanwhile."""
-    _signal_group(proc.pid, signal.SIGTERM)
-    watch.wait_exit(grace)
-    _signal_group(proc.pid, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-class _ExitWatch:
-    """A pidfd that becomes readable when the process exits (Linux >= 5.3);
-    elsewhere `fd` is None and the caller polls."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self.fd: int | None = None
-        try:
-            self.fd = os.pidfd_open(proc.pid)
-        except (AttributeError, OSError):
-            pass
-
-    def __enter__(self) -> _ExitWatch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-
-    def wait_exit(self, seconds: float) -> None:
-        """Wait for exit without reaping."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return
-            if info is not None:
-                return
-            time.sleep(0.01)
-
-
-class _CappedBuffer:
-    """Keeps the first and the last `cap/2` bytes of a stream, counts the rest."""
-
-    def __init__(self, cap: int) -> None:
-        self.half = max(cap // 2, 1)
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.dropped = 0
-
-    def add(self, chunk: bytes) -> None:
-        room = self.half - len(self.head)
-        if room > 0:
-            self.head += chunk[:room]
-            chunk = chunk[room:]
-        if chunk:
-            self.tail += chunk
-            excess = len(self.tail) - self.half
-            if excess > 0:
-                del self.tail[:excess]
-                self.dropped += excess
-
-    def text(self) -> str:
-        head = self.head.decode("utf-8", "replace")
-        tail = self.tail.decode("utf-8", "replace")
-        if self.dropped:
-            return f"{head}\n[... {self.dropped} bytes of stderr dropped ...]\n{tail}"
-        return head + tail
 
 
 def _read_payload(path: Path) -> tuple[bytes, str]:

@@ -12,6 +12,7 @@ from vmhooks import environment, properties
 from vmhooks.agent.outcome import Recorder
 from vmhooks.catalogue import RECORD_DIR_NAME, installed_property_rules
 from vmhooks.config import AgentSettings
+from vmhooks.forkserver import FastPathSettings
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain
 from vmhooks.store import VmRecord
 
@@ -41,6 +42,7 @@ class HookCalls:
             hooks_pythonpath=settings.hooks_pythonpath,
             libvirt_uri=settings.libvirt_uri,
             agent_socket=settings.socket_path,
+            fast_path=FastPathSettings(settings.fast_path, settings.fast_path_exclude, settings.fast_path_interpreters),
         )
 
     def property_rules(self) -> properties.PropertyRules | None:

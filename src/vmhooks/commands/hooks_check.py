@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vmhooks.commands.common import add_hooks_dir, add_hooks_pythonpath, example, existing_hooks_dir, hooks_pythonpath
-from vmhooks.discovery import unsafe_reason
+from vmhooks.discovery import unsafe_directory_reason, unsafe_reason
 from vmhooks.environment import build_environment
 from vmhooks.hookimports import ImportCheck, parse_shebang, top_level_imports, unresolved_imports
 from vmhooks.errors import UnknownPointError
@@ -48,6 +48,9 @@ def check_tree(root: Path, pythonpath: tuple[Path, ...] = ()) -> Iterator[str]:
     """Every problem of the tree, one line each: files, then the imports
     that the hooks' interpreters will not find (checked together, one
     interpreter run per interpreter)."""
+    reason = unsafe_directory_reason(root)
+    if reason:
+        yield f"{root}: unsafe, the agent refuses every script under it: {reason}"
     imports: list[ImportCheck] = []
     yield from _check_points(root, imports)
     env = build_environment(os.environ, extra_pythonpath=pythonpath)

@@ -11,8 +11,9 @@ from typing import Any
 from vmhooks.commands.common import add_hooks_dir, add_hooks_pythonpath, example, existing_hooks_dir, hooks_pythonpath, name_values, read_input
 from vmhooks.errors import UsageError
 from vmhooks.points import HookPoint, Payload, Scope, get_point
-from vmhooks import metadata, properties
+from vmhooks import containment, metadata, properties
 from vmhooks.catalogue import installed_property_rules
+from vmhooks.forkserver import FastPathSettings
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain
 
 
@@ -48,6 +49,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--allow-unsafe", action="store_true", help="development: run group/other-writable scripts"
     )
+    parser.add_argument(
+        "--no-fast-path", dest="fast_path", action="store_false",
+        help="exec every Python hook instead of forking it from a warm interpreter",
+    )
     parser.set_defaults(func=run)
 
 
@@ -64,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     config = RunnerConfig(
         root, allow_unsafe=args.allow_unsafe, property_rules=rules,
         hooks_pythonpath=hooks_pythonpath(args), libvirt_uri=args.libvirt_uri,
+        fast_path=FastPathSettings(args.fast_path),
     )  # fmt: skip
     result = run_chain(
         point.name,
@@ -135,6 +141,7 @@ def result_json(result: ChainResult) -> dict[str, Any]:
         "rejected": result.rejected,
         "edits_discarded": result.edits_discarded,
         "warnings": list(result.warnings),
+        "containment": containment.report()._asdict(),
         "payload": result.payload,
         "scripts": [
             {
@@ -146,6 +153,7 @@ def result_json(result: ChainResult) -> dict[str, Any]:
                 "changed": run.changed,
                 "note": run.note,
                 "diff": run.diff,
+                "fast_path": run.fast_path,
             }
             for run in result.scripts
         ],

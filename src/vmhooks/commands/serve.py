@@ -43,6 +43,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--properties", metavar="SPEC", help="custom property rules: name=regex;name=regex")
     parser.add_argument("--allow-unsafe-hooks", action="store_true", default=None,
                         help="development only: run hooks writable by group/others")
+    parser.add_argument("--no-fast-path", dest="fast_path", action="store_false", default=None,
+                        help="exec every Python hook instead of forking it from a warm interpreter")
     parser.add_argument("--listen", metavar="HOST:PORT", help="also serve peers (migration) over TCP, mutual TLS only")
     parser.add_argument("--tls-cert", type=Path, help="this agent's certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="its private key (PEM)")
@@ -85,6 +87,7 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmhooks import containment
     from vmhooks.agent import Agent
     from vmhooks.api import make_servers
 
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     agent = Agent(settings)
     servers = make_servers(agent)  # bound (fails fast if another agent runs) but not serving yet
+    containment.current()  # logs how a timed-out hook's descendants are found (cgroup or subreaper)
     started = time.monotonic()
     try:
         agent.start()  # before_vdsm_start, then connect and re-attach
