@@ -383,3 +383,69 @@ def test_a_relative_path_counts_from_the_working_directory(tree: Path, monkeypat
     assert unsafe_reason(script) is None
     os.chmod(tree, 0o777)  # the working directory itself is on the way
     assert unsafe_reason(script) == f"directory {tree} is writable by group or others (mode 0777)"
+
+
+# --- what a hook loads from beside itself ---------------------------------------
+
+
+def _beside(hooks_dir: Path, name: str, mode: int = 0o644, owner: int | None = None) -> Path:
+    path = hooks_dir / "before_vm_start" / name
+    path.write_text("VALUE = 'planted'\n")
+    os.chmod(path, mode)
+    if owner is not None:
+        os.chown(path, owner, -1)
+    return path
+
+
+@pytest.mark.parametrize("mode, owner", [(0o666, None), (0o664, None), (0o644, NOBODY)])
+def test_a_module_others_can_change_beside_a_hook_makes_it_unsafe(
+    make_hook: Callable[..., Path], hooks_dir: Path, mode: int, owner: int | None
+) -> None:
+    hook = make_hook("before_vm_start", "50_hook", "import helper\n", lang="python")
+    helper = _beside(hooks_dir, "helper.py", mode, owner)
+    reason = unsafe_reason(hook)
+    assert reason is not None and str(helper) in reason
+
+
+def test_trusted_modules_and_data_beside_a_hook_are_fine(make_hook: Callable[..., Path], hooks_dir: Path) -> None:
+    hook = make_hook("before_vm_start", "50_hook", "import helper\n", lang="python")
+    _beside(hooks_dir, "helper.py")
+    cache = hooks_dir / "before_vm_start" / "__pycache__"
+    cache.mkdir(mode=0o755)
+    (cache / "helper.cpython-311.pyc").write_bytes(b"")
+    assert unsafe_reason(hook) is None
+
+
+def test_bytecode_cache_others_can_write_makes_it_unsafe(make_hook: Callable[..., Path], hooks_dir: Path) -> None:
+    hook = make_hook("before_vm_start", "50_hook", "import helper\n", lang="python")
+    cache = hooks_dir / "before_vm_start" / "__pycache__"
+    cache.mkdir()
+    os.chmod(cache, 0o777)
+    assert "__pycache__" in (unsafe_reason(hook) or "")
+    os.chmod(cache, 0o755)
+    planted = cache / "helper.cpython-311.pyc"
+    planted.write_bytes(b"")
+    os.chown(planted, NOBODY, -1)
+    assert "helper.cpython-311.pyc" in (unsafe_reason(hook) or "")
+
+
+def test_a_link_beside_a_hook_into_a_shared_place_makes_it_unsafe(
+    make_hook: Callable[..., Path], hooks_dir: Path, tmp_path: Path
+) -> None:
+    hook = make_hook("before_vm_start", "50_hook", "import helper\n", lang="python")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # not sticky: anyone can replace what is in it
+    (shared / "helper.py").write_text("VALUE = 1\n")
+    (hooks_dir / "before_vm_start" / "helper.py").symlink_to(shared / "helper.py")
+    assert "leads to something untrusted" in (unsafe_reason(hook) or "")
+
+
+def test_an_unsafe_script_is_named_once_not_blamed_on_its_neighbours(
+    make_hook: Callable[..., Path],
+) -> None:
+    safe = make_hook("before_vm_start", "10_safe", "true\n")
+    unsafe = make_hook("before_vm_start", "20_unsafe", "true\n")
+    os.chmod(unsafe, 0o777)
+    assert unsafe_reason(safe) is None
+    assert "writable by group or others" in (unsafe_reason(unsafe) or "")

@@ -1005,3 +1005,20 @@ def test_a_key_log_file_cannot_be_set_through_a_property(
     with pytest.raises(InvalidEnvironmentError, match="SSLKEYLOGFILE"):
         run_chain("before_vm_start", "<domain/>", config(), custom={"SSLKEYLOGFILE": str(keylog)})
     assert not keylog.exists()
+
+
+def test_a_planted_module_beside_a_python_hook_never_runs(
+    make_hook: MakeHook, config: Callable[..., RunnerConfig], hooks_dir: Path, marks: Path
+) -> None:
+    # The hook imports `helper` from its own directory, where someone else may write it.
+    make_hook("before_vm_start", "50_hook", f"import helper\nopen({str(marks / 'hook')!r}, 'w').close()\n", lang="python")
+    helper = hooks_dir / "before_vm_start" / "helper.py"
+    helper.write_text(f"open({str(marks / 'planted')!r}, 'w').close()\n")
+    os.chmod(helper, 0o666)
+    result = run_chain("before_vm_start", "<domain/>", config())
+    assert list(marks.iterdir()) == []
+    [run] = result.scripts
+    assert run.status is Status.REFUSED and str(helper) in run.note
+    os.chmod(helper, 0o644)  # the admin's own module: the hook runs and imports it
+    assert not run_chain("before_vm_start", "<domain/>", config()).failed
+    assert sorted(path.name for path in marks.iterdir()) == ["hook", "planted"]

@@ -15,6 +15,10 @@ from vmhooks.errors import UnknownPointError
 log = logging.getLogger("vmhooks.discovery")
 
 MAX_SYMLINKS = 40  # the kernel's limit on links followed in one lookup
+# A hook's directory is walked (packages, __pycache__) this deep and this far
+# at most: past that it cannot be vouched for, and is refused.
+MAX_CONTENT_DEPTH = 4
+MAX_CONTENT_ENTRIES = 4096
 
 
 class Script(NamedTuple):
@@ -49,13 +53,18 @@ def find_scripts(hooks_dir: Path, point: str) -> list[Script]:
         if name.startswith("."):
             continue
         path = directory / name
-        try:
-            st = os.stat(path)
-        except OSError:  # dangling symlink, or vanished meanwhile
-            continue
-        if stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK):
+        if _is_script(path):
             scripts.append(Script(name, path))
     return scripts
+
+
+def _is_script(path: Path | str) -> bool:
+    """A regular file after following symlinks (dangling ones are not), executable."""
+    try:
+        st = os.stat(path)
+    except OSError:  # dangling symlink, or vanished meanwhile
+        return False
+    return stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK)
 
 
 class Resolved(NamedTuple):
@@ -96,7 +105,76 @@ def unsafe_reason(
     if directory.reason:
         return directory.reason
     # Nobody untrusted can change the directory, so what it holds stays: go on from its real path.
-    return resolve(name, trusted_uids, directory=False, start=directory).reason
+    script = resolve(name, trusted_uids, directory=False, start=directory)
+    if script.reason:
+        return script.reason
+    # What the hook loads from beside itself (Python puts the real directory
+    # of the script first on sys.path; shell hooks source "$(dirname "$0")/x")
+    # is as much its code as the script: both directories must hold nothing
+    # that someone untrusted can change.
+    for holder in {directory.real, os.path.dirname(script.real)}:
+        key = "contents:" + holder
+        if seen is None or key not in seen:
+            # The point directory's scripts are checked each on its own, as above.
+            verdict = Resolved(holder, contents_reason(holder, trusted_uids, skip_scripts=holder == directory.real))
+            if seen is not None:
+                seen[key] = verdict
+        else:
+            verdict = seen[key]
+        if verdict.reason:
+            return verdict.reason
+    return None
+
+
+def contents_reason(
+    directory: str, trusted_uids: frozenset[int] | None = None, skip_scripts: bool = False
+) -> str | None:
+    """Why something in `directory` (a module, a package, cached bytecode, a
+    file a hook sources or reads; links followed and checked as paths are)
+    could be changed by someone untrusted, or None. `directory` itself must
+    already be trusted. `skip_scripts`: leave out the scripts a point
+    directory runs (the caller checks each of them)."""
+    if trusted_uids is None:
+        trusted_uids = frozenset({0, os.geteuid()})
+    budget = [MAX_CONTENT_ENTRIES]
+    try:
+        return _contents_reason(directory, trusted_uids, MAX_CONTENT_DEPTH, budget, skip_scripts)
+    except OSError as exc:
+        return f"cannot list {directory}: {exc.strerror}"
+
+
+def _contents_reason(
+    directory: str, trusted_uids: frozenset[int], depth: int, budget: list[int], skip_scripts: bool = False
+) -> str | None:
+    base = Resolved(directory, None, False)
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if skip_scripts and not entry.name.startswith(".") and _is_script(entry.path):
+                continue
+            budget[0] -= 1
+            if budget[0] < 0:
+                return f"{directory} holds more than {MAX_CONTENT_ENTRIES} entries to verify"
+            if entry.is_symlink():
+                if not os.path.exists(entry.path):
+                    # Dangling: harmless while nobody untrusted can create what it names.
+                    where = os.path.dirname(os.path.join(directory, os.readlink(entry.path)))
+                    target = resolve(where, trusted_uids, directory=True, start=base)
+                else:
+                    target = resolve(entry.name, trusted_uids, directory=False, start=base)
+                if target.reason:
+                    return f"{entry.path} leads to something untrusted: {target.reason}"
+                continue
+            st = entry.stat(follow_symlinks=False)
+            reason = _entry_reason(entry.path, st, trusted_uids)
+            if reason:
+                return f"{entry.path} is beside a hook and {reason}" if not stat.S_ISDIR(st.st_mode) else reason
+            if stat.S_ISDIR(st.st_mode):
+                if depth == 0:
+                    return f"{entry.path} is nested too deep beside a hook to verify"
+                reason = _contents_reason(entry.path, trusted_uids, depth - 1, budget)
+                if reason:
+                    return reason
+    return None
 
 
 def unsafe_directory_reason(path: Path, trusted_uids: frozenset[int] | None = None) -> str | None:
