@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from importlib import resources
 from typing import NamedTuple
 from urllib.parse import parse_qs, urlsplit
@@ -49,7 +49,7 @@ VM_ID = re.compile(r"[A-Za-z0-9-]{1,64}")  # what an id in a URL may be; the age
 class Request(NamedTuple):
     method: str
     target: str  # the request line's path and query
-    headers: Mapping[str, str]  # case-insensitive .get, as http.server's
+    headers: auth.Headers
 
 
 class Response(NamedTuple):
@@ -59,7 +59,7 @@ class Response(NamedTuple):
     headers: tuple[tuple[str, str], ...] = ()
 
 
-class NotFound(Exception):
+class NoSuchPageError(Exception):
     """No such page: a 404."""
 
 
@@ -100,7 +100,7 @@ class WebApp:
             if match:
                 try:
                     return view(request, parse_qs(query), **match.groupdict())
-                except NotFound:
+                except NoSuchPageError:
                     break
                 except VmhooksError as exc:
                     return self._page(500, "error.html", title="Error", message=str(exc))
@@ -126,7 +126,7 @@ class WebApp:
 
     def timeline(self, request: Request, query: dict[str, list[str]], vm_id: str) -> Response:
         if not VM_ID.fullmatch(vm_id):
-            raise NotFound(vm_id)
+            raise NoSuchPageError(vm_id)
         key = vm_id.lower()
         point, status = _one(query, "point"), _one(query, "status")
         if status and status not in pages.STATUS_FILTERS:
@@ -135,7 +135,7 @@ class WebApp:
         before = int(before_text) if before_text.isdigit() and len(before_text) < 19 else None
         timeline = pages.timeline_page(self.agent, key, point, status, before)
         if timeline.vm is None and not timeline.operations and before is None and not (point or status):
-            raise NotFound(vm_id)
+            raise NoSuchPageError(vm_id)
         title = timeline.vm.name if timeline.vm is not None and timeline.vm.name else key
         return self._page(
             200, "timeline.html", title=f"{title}: timeline", stamp=source.stamp(self.agent), t=timeline,
@@ -160,7 +160,7 @@ class WebApp:
     def static(self, request: Request, query: dict[str, list[str]], name: str) -> Response:
         content_type = STATIC.get(name)
         if content_type is None:
-            raise NotFound(name)
+            raise NoSuchPageError(name)
         return Response(200, (resources.files("vmhooks.web") / "static" / name).read_bytes(), content_type)
 
 

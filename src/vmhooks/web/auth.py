@@ -9,15 +9,20 @@ import enum
 import hmac
 import os
 import secrets
-from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from vmhooks.errors import UsageError
 
 TOKEN_FILE = "http-token"
 ADDRESS_FILE = "http-address"  # where the console listens: for `vmhooks ui`
+
+
+class Headers(Protocol):
+    """A request's headers, looked up case-insensitively (http.server's Message)."""
+
+    def get(self, name: str, failobj: None = None) -> Any: ...
 
 
 class Verdict(enum.Enum):
@@ -41,7 +46,7 @@ def cookie_name(port: int) -> str:
     return f"vmhooks_console_{port}"
 
 
-def authorize(path: str, query: str, headers: Mapping[str, str], token: str, port: int) -> Decision:
+def authorize(path: str, query: str, headers: Headers, token: str, port: int) -> Decision:
     """What to do with a request for `path?query`, given its headers."""
     pairs = parse_qsl(query, keep_blank_values=True)
     offered = [value for key, value in pairs if key == "token"]
