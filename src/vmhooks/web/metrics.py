@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
@@ -64,9 +65,9 @@ class AgentMetrics:
         )  # fmt: skip
         registry.register(StateCollector(agent))
         ProcessCollector(registry=registry)
-        self._seen: set[tuple[str, str]] = set()
+        self._scripts: dict[tuple[str, str], ScriptSeries] = {}
         for point, script in installed_scripts(agent.settings.hooks_dir):
-            self._first_sight(point, script)
+            self._series(point, script)
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """The metrics in the format the scraper asked for: (body, content type)."""
@@ -78,14 +79,14 @@ class AgentMetrics:
     def chain_recorded(self, operation: str, vm_id: str | None, result: ChainResult) -> None:
         point = result.point.name
         for run in result.scripts:
-            self._first_sight(point, run.name)
-            self.hook_runs.labels(point, run.name, str(run.status)).inc()
+            series = self._series(point, run.name)
+            series.runs[run.status].inc()
             if run.status is Status.REFUSED:
                 self.hook_refusals.labels(point, run.name, UNSAFE_FILE).inc()
                 continue  # it never ran: no duration
-            self.hook_duration.labels(point, run.name).observe(run.duration_s)
+            series.duration.observe(run.duration_s)
             if run.status is Status.TIMEOUT:
-                self.hook_timeouts.labels(point, run.name).inc()
+                series.timeouts.inc()
         if result.rejected is not None:
             # The runner's rule: the last script to change the payload decides.
             deciding = [run.name for run in result.scripts if run.changed]
@@ -95,16 +96,25 @@ class AgentMetrics:
         self.operations.labels(outcome.operation, outcome.result).inc()
         self.operation_duration.labels(outcome.operation).observe(outcome.duration_s)
 
-    def _first_sight(self, point: str, script: str) -> None:
-        """Every series of a script at 0 from the start, so that a rate or
-        increase() sees its first failure (a series born at 1 has no increase)."""
-        if (point, script) in self._seen:
-            return
-        self._seen.add((point, script))
-        for status in Status:
-            self.hook_runs.labels(point, script, str(status))
-        self.hook_timeouts.labels(point, script)
-        self.hook_duration.labels(point, script)
+    def _series(self, point: str, script: str) -> ScriptSeries:
+        """A script's series, every one at 0 from the first sight (the start,
+        for installed scripts), so that increase() sees its first failure: a
+        series born at 1 has no increase. Kept, as looking them up by label
+        costs more than counting."""
+        series = self._scripts.get((point, script))
+        if series is None:
+            series = self._scripts[(point, script)] = ScriptSeries(
+                {status: self.hook_runs.labels(point, script, str(status)) for status in Status},
+                self.hook_duration.labels(point, script),
+                self.hook_timeouts.labels(point, script),
+            )
+        return series
+
+
+class ScriptSeries(NamedTuple):
+    runs: dict[Status, Counter]
+    duration: Histogram
+    timeouts: Counter
 
 
 def installed_scripts(hooks_dir: Path) -> Iterator[tuple[str, str]]:
