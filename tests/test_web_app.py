@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from webconsole import start_web, stop_web, web  # noqa: F401 (fixture)
+from webconsole import recorded_runs, start_web, stop_web, web  # noqa: F401 (fixture)
 
 from vmhooks.catalogue import install
 from vmhooks.web import auth
@@ -77,7 +77,7 @@ def test_a_vm_refused_at_start_is_listed_from_its_history(web, make_hook, seed_x
 def test_timeline_shows_every_run_with_status_rc_stderr_and_a_side_by_side_diff(web, make_hook, seed_xml):
     vm_id = lifecycle(web, make_hook, seed_xml)
     page = web.get(f"/vms/{vm_id}").text
-    runs = web.agent.history(vm_id)
+    runs = recorded_runs(web.agent.history(vm_id))
     assert len(runs) == 3
     # One bar in the strip and one entry per run, each linked.
     assert page.count('<rect class="bar ') == len(runs)

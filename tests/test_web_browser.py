@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from agentproc import AgentProcess
 from browser import chromium_missing, full_page_screenshot, headless_chromium
+from webconsole import recorded_runs
 
 DEMO_POINTS = (
     "before_vm_start", "after_vm_start", "before_vm_pause", "after_vm_pause", "before_vm_cont", "after_vm_cont",
@@ -122,7 +123,7 @@ def test_timeline_shows_the_runs_and_a_diff(browser, served):
     browser.find_element("link text", "myvm").click()
     wait_for(lambda: browser.find_elements("css selector", "svg.strip"), what="the timeline")
     myvm = next(vm for vm in agent.call("VM.list") if vm["name"] == "myvm")
-    runs = agent.call("Host.getHookHistory", vmId=myvm["vmId"], limit=1000)
+    runs = recorded_runs(agent.call("Host.getHookHistory", vmId=myvm["vmId"], limit=1000))
     bars = browser.find_elements("css selector", "svg.strip rect.bar")
     assert len(bars) == len(runs) > 10
     assert all(float(bar.get_attribute("width")) >= 2 for bar in bars)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from webconsole import Web, start_web, stop_web, web  # noqa: F401 (fixture)
+from webconsole import Web, recorded_runs, start_web, stop_web, web  # noqa: F401 (fixture)
 
 from vmhooks.errors import HookError
 from vmhooks.web.metrics import HOOK_BUCKETS
@@ -59,7 +59,7 @@ def test_hook_run_counters_move_by_exactly_the_runs_in_the_history(web, make_hoo
 
     made = Counter(
         (("point", run["point"]), ("script", run["script"]), ("status", run["status"]))
-        for run in agent.history(vm_id)
+        for run in recorded_runs(agent.history(vm_id))
     )
     assert sum(made.values()) == 4
     assert delta(before, after, "vmhooks_hook_runs_total") == made
@@ -154,7 +154,8 @@ def test_states_vms_history_size_and_agent_info(web, make_hook, seed_xml):
     from vmhooks import __version__
 
     assert labels["version"] == __version__ and labels["libvirt_version"].count(".") == 2
-    assert samples[("vmhooks_agent_start_time_seconds", ())] == pytest.approx(web.agent.started_at)
+    assert samples[("vmhooks_agent_start_time_seconds", ())] == pytest.approx(web.agent.context.recorder.started)
+    assert samples[("vmhooks_history_write_failures_total", ())] == 0
     assert samples[("process_open_fds", ())] > 0
 
 

@@ -15,12 +15,14 @@ def run(chain: int, point: str, script: str, started: float, duration: float, st
 def chain(chain_id: int, point: str, *runs: RunView) -> ChainView:
     started = min(r.started for r in runs)
     ended = max(r.started + r.duration_s for r in runs)
-    return ChainView(chain_id, "vm", "op", point, started, ended, False, None, False, (), runs)
+    return ChainView(chain_id, "op", point, started, ended, False, None, False, (), runs)
 
 
 def operation(name: str, *chains: ChainView) -> OperationView:
-    failed = any(c.failed for c in chains)
-    return OperationView(name, chains[0].started, max(c.ended for c in chains), "failed" if failed else "ok", chains)
+    failed = sum(run.failed for c in chains for run in c.runs)
+    runs = sum(len(c.runs) for c in chains)
+    started, ended = chains[0].started, max(c.ended for c in chains)
+    return OperationView(1, name, "test", started, ended, "ok", None, None, runs, failed, chains)
 
 
 def test_bars_are_as_wide_as_the_runs_took_and_placed_in_time():

@@ -55,6 +55,15 @@ class Web(NamedTuple):
         return self.request(path, token=self.token, **kwargs)
 
 
+def recorded_runs(page: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every run of a history page (`Agent.history`, `Host.getHookHistory`),
+    oldest first, with its chain's id and point."""
+    return [
+        {"chain": chain["id"], "point": chain["point"], **run}
+        for operation in page["operations"] for chain in operation["chains"] for run in chain["runs"]
+    ]  # fmt: skip
+
+
 def start_web(root: Path, hooks_dir: Path, **settings: Any) -> Web:
     values: dict[str, Any] = {
         "libvirt_uri": "test:///default", "hooks_dir": hooks_dir, "state_dir": root / "state",

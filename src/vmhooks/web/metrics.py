@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -149,8 +149,16 @@ class StateCollector(Collector):
         for status, count in sorted(counts.items()):
             vms.add_metric([status], count)
         yield vms
-        size = source.history_size_bytes(agent)
-        yield GaugeMetricFamily("vmhooks_history_database_bytes", "Size of the history database (SQLite and its WAL).", value=size)
-        if agent.started_at is not None:
-            yield GaugeMetricFamily("vmhooks_agent_start_time_seconds", "When the agent started (epoch seconds).", value=agent.started_at)
+        size = source.history_size(agent)
+        yield GaugeMetricFamily(
+            "vmhooks_history_database_bytes", "Size of the history database on disk (SQLite and its WAL).",
+            value=size.file_bytes,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "vmhooks_history_write_failures", "Operations and chains the history could not record (a full disk...).",
+            value=size.write_failures,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "vmhooks_agent_start_time_seconds", "When the agent started (epoch seconds).", value=source.started(agent)
+        )
 

@@ -11,6 +11,7 @@ from vmhooks import __version__, catalogue
 from vmhooks.agent import Agent
 from vmhooks.catalogue import PropertyDecl
 from vmhooks.errors import VmhooksError
+from vmhooks.points import POINTS
 from vmhooks.properties import parse_user_defined
 from vmhooks.runner import Status
 from vmhooks.web import source
@@ -19,6 +20,7 @@ from vmhooks.web.diffview import Row, side_by_side
 DAY = 86400.0
 PAGE_OPERATIONS = 50  # operations on one page of a timeline
 STATUS_FILTERS = ("failed", *(str(status) for status in Status))
+POINT_NAMES = tuple(sorted(POINTS))
 
 # The strip's geometry, in SVG user units (pixels at 100 %).
 LABEL_WIDTH = 210  # the point names on the left
@@ -59,10 +61,10 @@ class Timeline(NamedTuple):
     vm_id: str
     operations: tuple[source.OperationView, ...]  # newest first
     strip: Strip
-    points: tuple[str, ...]  # for the point filter
+    points: tuple[str, ...]  # the point filter's choices
     point: str  # the filters in force ("" for all)
     status: str
-    older: int | None  # ?before= of the next page, None on the last one
+    older: int | None  # ?before= of the next older page, None on the last one
     diffs: Mapping[str, list[Row]]  # run key -> side-by-side rows
 
 
@@ -71,23 +73,18 @@ def vms_page(agent: Agent) -> dict[str, Any]:
 
 
 def timeline_page(agent: Agent, vm_id: str, point: str, status: str, before: int | None) -> Timeline:
-    chains = source.chains(agent, vm_id)
-    points = tuple(sorted({chain.point for chain in chains}))
-    if before is not None:
-        chains = [chain for chain in chains if chain.chain_id < before]
-    operations = source.operations(chains)
-    older = None
-    if len(operations) > PAGE_OPERATIONS:
-        operations = operations[-PAGE_OPERATIONS:]
-        older = operations[0].chains[0].chain_id
-    shown = [_filtered(op, point, status) for op in operations]
-    shown = [op for op in shown if op.chains]
+    page = source.operations(agent, vm_id, point or None, status == "failed", before, PAGE_OPERATIONS)
+    shown = [_filtered(op, point, status) for op in page.operations]
+    if status:
+        shown = [op for op in shown if op.chains or (status == "failed" and op.state == "failed")]
     vm = next((view for view in source.vms(agent) if view.vm_id == vm_id), None)
     diffs = {run.key: side_by_side(run.diff) for op in shown for chain in op.chains for run in chain.runs if run.diff}
-    return Timeline(vm, vm_id, tuple(reversed(shown)), strip(shown), points, point, status, older, diffs)
+    return Timeline(vm, vm_id, tuple(reversed(shown)), strip(shown), POINT_NAMES, point, status, page.older, diffs)
 
 
 def _filtered(operation: source.OperationView, point: str, status: str) -> source.OperationView:
+    """Only the chains of `point` (the store already chose the operations
+    that have one) and the runs of `status`."""
     if not point and not status:
         return operation
     chains = []
@@ -95,7 +92,7 @@ def _filtered(operation: source.OperationView, point: str, status: str) -> sourc
         if point and chain.point != point:
             continue
         runs = tuple(run for run in chain.runs if _status_matches(run, status))
-        if runs or (not status and not chain.runs):
+        if runs or not status:
             chains.append(chain._replace(runs=runs))
     return operation._replace(chains=tuple(chains))
 
@@ -180,11 +177,12 @@ def host_page(agent: Agent) -> dict[str, Any]:
             facts["hostname"] = conn.getHostname()
         except Exception as exc:  # libvirt went away: say so, show the rest
             facts["libvirt_error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    started = agent.started_at
+    started = source.started(agent)
     facts["started"] = started
-    facts["uptime_s"] = time.time() - started if started is not None else None
-    facts["history_bytes"] = source.history_size_bytes(agent)
+    facts["uptime_s"] = time.time() - started
+    facts["history"] = source.history_size(agent)
     facts["history_days"] = agent.settings.history_days
+    facts["history_max_bytes"] = int(agent.settings.history_max_mb * (1 << 20))
     facts["hooks_dir"] = agent.settings.hooks_dir
     facts["state_dir"] = agent.settings.state_dir
     facts["vms"] = len(agent.context.registry.all())

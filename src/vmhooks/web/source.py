@@ -1,21 +1,19 @@
-"""Where the console's data comes from: the agent's registry and the
-history in its store, read only. The pages and the change stamp use the
-records here and nothing else of the store, so a change of the store's
-shape touches this module alone."""
+"""Where the console's data comes from: the agent's registry and its
+read-only views of the history (operations with their chains and runs,
+the VMs the history knows, per-script counts), read only. The pages, the
+change stamp and the metrics use the records here and nothing else of the
+store, so a change of the store's shape touches this module alone."""
 from __future__ import annotations
 
 import hashlib
-import statistics
-from collections.abc import Iterable, Mapping
-from itertools import groupby
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from vmhooks.agent import Agent
 from vmhooks.agent.registry import summary
 
-FAILED = "failed"  # an operation, or chain, where a script failed or the output was refused
-SCAN_LIMIT = 10_000  # history rows read at most for one page (the store has no cursor yet)
+OK = "ok"
 
 
 class RunView(NamedTuple):
@@ -35,12 +33,11 @@ class RunView(NamedTuple):
 
     @property
     def failed(self) -> bool:
-        return self.status != "ok"
+        return self.status != OK
 
 
 class ChainView(NamedTuple):
     chain_id: int
-    vm_id: str | None
     operation: str
     point: str
     started: float
@@ -57,20 +54,36 @@ class ChainView(NamedTuple):
 
 
 class OperationView(NamedTuple):
+    operation_id: int
     operation: str
+    caller: str
     started: float
     ended: float
-    result: str  # "ok" or FAILED
+    result: str | None  # "ok", the error's line, or None while it runs (or if the agent died during it)
+    error_kind: str | None
+    reason: str | None  # why, for what libvirt or the agent did by itself
+    hooks_run: int
+    hooks_failed: int
     chains: tuple[ChainView, ...]
+
+    @property
+    def state(self) -> str:
+        """ok, failed, hooks-failed (it went through, a script failed), running."""
+        if self.result is None:
+            return "running"
+        if self.result != OK:
+            return "failed"
+        return "hooks-failed" if self.hooks_failed or any(c.failed for c in self.chains) else OK
 
 
 class VmView(NamedTuple):
     vm_id: str
-    name: str  # "" for a VM the agent no longer has
+    name: str
     status: str  # "gone" for a VM known only from its history
     custom: Mapping[str, str]
     last_operation: str | None
-    last_result: str | None  # "ok" or FAILED
+    last_result: str | None  # "ok" or the error's line
+    last_hooks_failed: int
     last_time: float | None
     last_chain_failed: bool
 
@@ -85,129 +98,110 @@ class ScriptStats(NamedTuple):
     p95_s: float | None
 
 
+class Page(NamedTuple):
+    operations: tuple[OperationView, ...]  # oldest first
+    older: int | None  # the cursor of the next older page
+
+
 # -- reading ------------------------------------------------------------------
 
 
-def chains(agent: Agent, vm_id: str | None = None, limit: int = SCAN_LIMIT) -> list[ChainView]:
-    """Chains oldest first, each with its runs, timed from its record."""
-    rows = agent.context.store.history(vm_id, None, limit)
-    found = []
-    for chain_id, group in groupby(rows, key=lambda row: row["chain"]):
-        found.append(_chain(chain_id, list(group)))
-    return found
+def operations(agent: Agent, vm_id: str, point: str | None, failed: bool, before: int | None, limit: int) -> Page:
+    """A page of a VM's operations, each with its chains and runs."""
+    page = agent.history(vmId=vm_id, point=point, limit=limit, before=before, failed=failed)
+    return Page(tuple(_operation(item) for item in page["operations"]), page["before"])
 
 
-def _chain(chain_id: int, rows: list[dict[str, Any]]) -> ChainView:
-    first = rows[0]
-    scripts = [row for row in rows if row["script"] is not None]
-    # A chain is recorded when it ends and its scripts run one after another.
-    ended = first["time"]
-    started = ended - sum(row["duration_s"] for row in scripts)
-    runs, clock = [], started
-    for index, row in enumerate(scripts):
-        runs.append(
-            RunView(
-                f"run-{chain_id}-{index}", chain_id, first["operation"], first["point"], row["script"],
-                row["status"], row["rc"], clock, row["duration_s"], row["stderr"], row["changed"],
-                row["diff"], row["note"],
-            )  # fmt: skip
-        )
-        clock += row["duration_s"]
-    return ChainView(
-        chain_id, first["vm_id"], first["operation"], first["point"], started, ended, first["aborted"],
-        first["rejected"], first["edits_discarded"], tuple(first["warnings"]), tuple(runs),
+def _operation(item: Mapping[str, Any]) -> OperationView:
+    chains = tuple(_chain(chain, item["operation"]) for chain in item["chains"])
+    ended = item["time"] + item["duration_s"] if item["duration_s"] is not None else None
+    if ended is None or (chains and chains[-1].ended > ended):
+        ended = max([item["time"], *(chain.ended for chain in chains)])
+    return OperationView(
+        item["id"], item["operation"], item["caller"], item["time"], ended, item["result"], item["error_kind"],
+        item["reason"], item["hooks_run"], item["hooks_failed"], chains,
     )  # fmt: skip
 
 
-def operations(found: Iterable[ChainView]) -> list[OperationView]:
-    """Consecutive chains of one operation, oldest first. A `before_` chain
-    after an `after_` one starts the next operation of the same name."""
-    grouped: list[list[ChainView]] = []
-    for chain in found:
-        current = grouped[-1] if grouped else None
-        repeated = current is not None and chain.point.startswith("before_") and any(
-            c.point.startswith("after_") for c in current
+def _chain(item: Mapping[str, Any], operation: str) -> ChainView:
+    # A chain is recorded when it ends, and its scripts run one after another.
+    ended = item["time"]
+    started = ended - sum(run["duration_s"] for run in item["runs"])
+    runs, clock = [], started
+    for index, run in enumerate(item["runs"]):
+        runs.append(
+            RunView(
+                f"run-{item['id']}-{index}", item["id"], operation, item["point"], run["script"], run["status"],
+                run["rc"], clock, run["duration_s"], run["stderr"], run["changed"], run["diff"], run["note"],
+            )  # fmt: skip
         )
-        if current is None or current[0].operation != chain.operation or repeated:
-            grouped.append([chain])
-        else:
-            current.append(chain)
-    return [
-        OperationView(
-            group[0].operation, group[0].started, max(c.ended for c in group),
-            FAILED if any(c.failed for c in group) else "ok", tuple(group),
-        )  # fmt: skip
-        for group in grouped
-    ]
+        clock += run["duration_s"]
+    return ChainView(
+        item["id"], operation, item["point"], started, ended, item["aborted"], item["rejected"],
+        item["edits_discarded"], tuple(item["warnings"]), tuple(runs),
+    )  # fmt: skip
 
 
 def vms(agent: Agent) -> list[VmView]:
-    """The agent's VMs by name, then those known only from the history."""
-    last: dict[str, ChainView] = {}
-    for chain in chains(agent):
-        if chain.vm_id is not None:
-            last[chain.vm_id] = chain
+    """The agent's VMs by name, then those known only from the history
+    (destroyed, refused at start, migrated away), the latest first."""
+    known = {item["vm_id"]: item for item in agent.history_vms()}
     views = []
-    known = sorted(agent.context.registry.all(), key=lambda vm: (vm.name, vm.vm_id))
-    for vm in known:
-        views.append(_vm_view(vm.vm_id, vm.name, vm.status, summary(vm)["custom"], last.get(vm.vm_id)))
-    gone = {vm.vm_id for vm in known}
-    for vm_id, chain in sorted(last.items(), key=lambda item: -item[1].ended):
-        if vm_id not in gone:
-            views.append(_vm_view(vm_id, "", "gone", {}, chain))
+    running = sorted(agent.context.registry.all(), key=lambda vm: (vm.name, vm.vm_id))
+    for vm in running:
+        views.append(_vm_view(vm.vm_id, vm.name, vm.status, summary(vm)["custom"], known.pop(vm.vm_id, None)))
+    for item in sorted(known.values(), key=lambda item: -item["last_time"]):
+        views.append(_vm_view(item["vm_id"], item["vm_name"] or "", "gone", {}, item))
     return views
 
 
-def _vm_view(vm_id: str, name: str, status: str, custom: Mapping[str, str], chain: ChainView | None) -> VmView:
-    if chain is None:
-        return VmView(vm_id, name, status, custom, None, None, None, False)
-    result = FAILED if chain.failed else "ok"
-    return VmView(vm_id, name, status, custom, chain.operation, result, chain.ended, chain.failed)
+def _vm_view(vm_id: str, name: str, status: str, custom: Mapping[str, str], item: Mapping[str, Any] | None) -> VmView:
+    if item is None:
+        return VmView(vm_id, name, status, custom, None, None, 0, None, False)
+    return VmView(
+        vm_id, name, status, custom, item["last_operation"], item["last_result"], item["last_hooks_failed"],
+        item["last_time"], item["last_chain_failed"],
+    )  # fmt: skip
 
 
 def script_stats(agent: Agent, since: float) -> dict[tuple[str, str], ScriptStats]:
     """Each script's runs since `since` (epoch seconds), by (point, script)."""
-    durations: dict[tuple[str, str], list[float]] = {}
-    failures: dict[tuple[str, str], int] = {}
-    timeouts: dict[tuple[str, str], int] = {}
-    for chain in chains(agent):
-        if chain.ended < since:
-            continue
-        for run in chain.runs:
-            key = (run.point, run.script)
-            durations.setdefault(key, []).append(run.duration_s)
-            failures[key] = failures.get(key, 0) + run.failed
-            timeouts[key] = timeouts.get(key, 0) + (run.status == "timeout")
     return {
-        key: ScriptStats(key[0], key[1], len(values), failures[key], timeouts[key], *_percentiles(values))
-        for key, values in durations.items()
+        (row["point"], row["script"]): ScriptStats(
+            row["point"], row["script"], row["runs"], row["failed"], row["timeouts"], row["p50_s"], row["p95_s"]
+        )
+        for row in agent.context.store.script_stats(since)
     }
 
 
-def _percentiles(values: list[float]) -> tuple[float | None, float | None]:
-    if len(values) == 1:
-        return values[0], values[0]
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return cuts[49], cuts[94]
+class HistorySize(NamedTuple):
+    file_bytes: int  # the SQLite file and its write-ahead log, on disk
+    used_bytes: int  # the pages in use, what history_max_mb bounds
+    write_failures: int  # operations and chains that could not be recorded since the start
 
 
-def history_size_bytes(agent: Agent) -> int:
-    """The SQLite file and its write-ahead log."""
-    path: Path = agent.context.store.path
+def history_size(agent: Agent) -> HistorySize:
+    store = agent.context.store
     size = 0
     for suffix in ("", "-wal"):
         try:
-            size += Path(f"{path}{suffix}").stat().st_size
+            size += Path(f"{store.path}{suffix}").stat().st_size
         except OSError:
             pass
-    return size
+    return HistorySize(size, store.used_bytes(), store.counters().get("history_write_failures", 0))
+
+
+def started(agent: Agent) -> float:
+    """When the agent started (epoch seconds)."""
+    return agent.context.recorder.started
 
 
 def stamp(agent: Agent) -> str:
-    """Changes whenever a chain is recorded or a VM changes state: what the
-    pages' live refresh polls."""
-    latest = agent.context.store.history(None, None, 1)
-    digest = hashlib.sha256(str(latest[-1]["chain"] if latest else 0).encode())
+    """Changes whenever an operation starts or ends, a chain is recorded or
+    a VM changes state: what the pages' live refresh polls."""
+    latest = agent.history(limit=1)["operations"]
+    mark = (latest[-1]["id"], latest[-1]["result"], len(latest[-1]["chains"])) if latest else ()
+    digest = hashlib.sha256(repr(mark).encode())
     for vm in sorted(agent.context.registry.all(), key=lambda vm: vm.vm_id):
         digest.update(f"{vm.vm_id}={vm.status};".encode())
     return digest.hexdigest()[:16]
@@ -217,8 +211,7 @@ def libvirt_version(agent: Agent) -> str | None:
     """libvirt's version as text ("9.0.0"), None when not connected."""
     if not agent.context.connected:
         return None
-    number = agent.context.conn.getLibVersion()
-    return version_text(number)
+    return version_text(agent.context.conn.getLibVersion())
 
 
 def version_text(number: int) -> str:
