@@ -12,7 +12,8 @@ from typing import NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from vmhooks.agent import Agent
-from vmhooks.errors import VmhooksError
+from vmhooks.errors import UsageError, VmhooksError
+from vmhooks.points import POINTS
 from vmhooks.web import auth, pages, source
 from vmhooks.web.metrics import AgentMetrics
 from vmhooks.web.render import render
@@ -133,7 +134,12 @@ class WebApp:
             status = ""
         before_text = _one(query, "before")
         before = int(before_text) if before_text.isdigit() and len(before_text) < 19 else None
-        timeline = pages.timeline_page(self.agent, key, point, status, before)
+        if point not in POINTS:
+            point = ""  # an unknown filter is dropped, as the status's
+        try:
+            timeline = pages.timeline_page(self.agent, key, point, status, before)
+        except UsageError:  # not a VM id the agent could have
+            raise NoSuchPageError(vm_id) from None
         if timeline.vm is None and not timeline.operations and before is None and not (point or status):
             raise NoSuchPageError(vm_id)
         title = timeline.vm.name if timeline.vm is not None and timeline.vm.name else key
