@@ -167,13 +167,16 @@ def test_http_listen_without_the_web_extra_is_one_line(tmp_path: Path, hooks_dir
     assert not (agent.run_dir / "vmhooks.sock").exists()  # nothing left serving
 
 
-def test_the_agent_without_http_listen_never_loads_the_web_packages():
-    # Jinja2 and prometheus_client are the web extra's: the agent's dependencies stay libvirt-python.
+def test_the_agent_and_the_cli_never_load_an_extras_packages():
+    # gRPC (the kubevirt extra), Jinja2 and prometheus_client (the web extra): the
+    # agent's own dependencies stay libvirt-python, unless --http-listen asks.
     code = (
         "import sys, vmhooks.cli, vmhooks.agent, vmhooks.api, vmhooks.runner, vmhooks.store\n"
         "from vmhooks.cli import build_parser; build_parser()\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('jinja2', 'prometheus_client', 'markupsafe'))\n"
-        "assert not loaded and 'vmhooks.web.app' not in sys.modules, loaded\n"
+        "extras = ('grpc', 'google', 'jinja2', 'markupsafe', 'prometheus_client')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in extras)\n"
+        "loaded += [m for m in ('vmhooks.kubevirt.server', 'vmhooks.web.app') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
