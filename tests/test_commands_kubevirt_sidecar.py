@@ -58,17 +58,6 @@ def test_unusable_state_directory_is_one_line(tmp_path: Path, capsys: pytest.Cap
     assert len(err.strip().splitlines()) == 1
 
 
-def test_the_agent_and_the_cli_never_load_grpc() -> None:
-    # grpcio is the kubevirt extra's: the host agent's dependencies stay libvirt-python.
-    code = (
-        "import sys, vmhooks.cli, vmhooks.agent, vmhooks.api, vmhooks.runner, vmhooks.store\n"
-        "from vmhooks.cli import build_parser; build_parser()\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google'))\n"
-        "assert not loaded and 'vmhooks.kubevirt.server' not in sys.modules, loaded\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-
-
 def test_nothing_below_imports_the_kubevirt_package() -> None:
     package = Path(vmhooks.__file__).parent
     importers = sorted(

@@ -6,18 +6,23 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agentproc import VMHOOKS, domain_xml
+from agentproc import VMHOOKS, AgentProcess, domain_xml
 
+import vmhooks
 from vmhooks import __version__
 from vmhooks.client import Client
 from vmhooks.errors import VmhooksError
+from vmhooks.web import auth
 
 
 class Serve:
@@ -129,3 +134,58 @@ def test_a_bad_setting_under_systemd_is_an_error_in_the_journal(tmp_path: Path, 
                               env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}, timeout=60)  # fmt: skip
     assert done.returncode == 2
     assert log_path.read_text() == "<3>vmhooks: hook timeout must be a positive number of seconds\n"
+
+
+# -- the web console (--http-listen) ------------------------------------------------
+
+
+def test_http_listen_publishes_a_private_token_and_withdraws_it(tmp_path: Path, hooks_dir: Path):
+    agent = AgentProcess(tmp_path / "agent", hooks_dir, "test:///default", "--http-listen", "127.0.0.1:0").start()
+    try:
+        token_file = agent.run_dir / auth.TOKEN_FILE
+        assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+        token, address = auth.read_published(agent.run_dir)
+        request = urllib.request.Request(f"http://{address}/host", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200 and b"test:///default" in answer.read()
+        assert f"http://{address}/ (web console" in agent.log()
+    finally:
+        assert agent.stop() == 0
+    assert not token_file.exists()
+
+
+def test_http_listen_without_the_web_extra_is_one_line(tmp_path: Path, hooks_dir: Path):
+    # jinja2 made unimportable, as on a host where only vmhooks was installed.
+    code = "import sys; sys.modules['jinja2'] = None; from vmhooks.cli import main; sys.exit(main(sys.argv[1:]))"
+    agent = AgentProcess(tmp_path / "agent", hooks_dir, "test:///default", "--http-listen", "127.0.0.1:0")
+    command = [sys.executable, "-c", code, *agent.command()[len(VMHOOKS) :]]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "vmhooks: --http-listen needs the web console's packages: pip install 'vmhooks[web]' (missing: Jinja2)"
+    )
+    assert not (agent.run_dir / "vmhooks.sock").exists()  # nothing left serving
+
+
+def test_the_agent_and_the_cli_never_load_an_extras_packages():
+    # gRPC (the kubevirt extra), Jinja2 and prometheus_client (the web extra): the
+    # agent's own dependencies stay libvirt-python, unless --http-listen asks.
+    code = (
+        "import sys, vmhooks.cli, vmhooks.agent, vmhooks.api, vmhooks.runner, vmhooks.store\n"
+        "from vmhooks.cli import build_parser; build_parser()\n"
+        "extras = ('grpc', 'google', 'jinja2', 'markupsafe', 'prometheus_client')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in extras)\n"
+        "loaded += [m for m in ('vmhooks.kubevirt.server', 'vmhooks.web.app') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_nothing_below_imports_the_web_package():
+    package = Path(vmhooks.__file__).parent
+    importers = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "vmhooks.web" in path.read_text() and path.relative_to(package).parts[0] != "web"
+    )
+    assert importers == ["commands/serve.py", "commands/ui.py"]

@@ -171,3 +171,30 @@ def test_script_stats_over_a_window(store: Store):
     stats = {(s["point"], s["script"]): (s["runs"], s["failed"]) for s in store.script_stats()}
     assert stats == {("before_vm_start", "10_a"): (2, 0), ("before_vm_start", "20_b"): (1, 1)}
     assert store.script_stats(since=10**12) == []
+
+
+def test_vms_say_whether_their_last_chain_failed_polled_ones_included(store: Store):
+    operation(store, "pause", "vm-1", chain("after_vm_pause", OK, BAD))
+    operation(store, "cont", "vm-1")  # no hook ran: the last chain is still pause's
+    operation(store, "create", "vm-2", chain("before_vm_start", BAD))
+    operation(store, "getStats", "vm-2", chain("after_get_vm_stats", OK), polled=True)
+    rejected = ChainResult(get_point("before_vm_start"), (OK,), None, "", "output rejected: 10_a broke it", False)
+    operation(store, "create", "vm-3", rejected, result="before_vm_start: output rejected")
+    operation(store, "create", "vm-4")
+    failed = {v["vm_id"]: (v["last_operation"], v["last_chain_failed"]) for v in store.history_vms()}
+    assert failed == {
+        "vm-1": ("cont", True), "vm-2": ("create", False), "vm-3": ("create", True), "vm-4": ("create", False),
+    }  # fmt: skip
+
+
+def test_script_stats_count_timeouts_and_take_nearest_rank_percentiles(store: Store):
+    durations = [0.001 * n for n in range(1, 21)]  # 1 to 20 ms
+    runs = [ScriptRun("10_a", Status.OK, 0, d, "", False) for d in durations]
+    runs.append(ScriptRun("10_a", Status.TIMEOUT, None, 5.0, "", False))
+    runs.append(ScriptRun("10_a", Status.REFUSED, None, 0.0, "", False))  # never ran: no duration
+    for run in runs:
+        operation(store, "pause", "vm-1", chain("before_vm_pause", run))
+    (stats,) = store.script_stats()
+    assert (stats["runs"], stats["failed"], stats["timeouts"]) == (22, 2, 1)
+    # 21 runs that ran: the 11th and the 20th by duration (nearest rank).
+    assert stats["p50_s"] == pytest.approx(0.011) and stats["p95_s"] == pytest.approx(0.020)

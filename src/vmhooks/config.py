@@ -51,6 +51,9 @@ class AgentSettings(NamedTuple):
     migration_ports: str = "49152-49215"
     migration_libvirt_uri: str | None = None  # how peers' libvirtd reaches ours (default: libvirt_uri)
     hooks_pythonpath: tuple[Path, ...] = ()  # appended to the hooks' PYTHONPATH (site modules)
+    # The read-only web console and /metrics (off unless set; PORT alone means 127.0.0.1:PORT).
+    http_listen: str | None = None
+    metrics_public: bool = False  # /metrics without the token
 
     @property
     def socket_path(self) -> Path:
@@ -83,6 +86,8 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "migration_ports": str,
     "migration_libvirt_uri": str,
     "hooks_pythonpath": (list, str),
+    "http_listen": str,
+    "metrics_public": bool,
 }
 
 

@@ -302,11 +302,16 @@ def _run(row: sqlite3.Row) -> dict[str, Any]:
 
 def vms(db: Database) -> list[dict[str, Any]]:
     """Every VM the history knows (gone ones too), oldest first, with its
-    last name, its last operation (polled ones aside) and how it ended."""
+    last name, its last operation (polled ones aside) and how it ended, and
+    whether its last chain (polled ones included) had a script fail or its
+    output refused."""
     rows = db.query(
-        "SELECT o.vm_id, o.time, o.operation, o.result, o.error_kind, o.reason, s.operations, s.first,"
+        "SELECT o.vm_id, o.time, o.operation, o.result, o.error_kind, o.reason, o.hooks_failed, s.operations, s.first,"
         " (SELECT n.vm_name FROM operations n WHERE n.vm_id = o.vm_id AND n.vm_name IS NOT NULL"
-        "  ORDER BY n.id DESC LIMIT 1) AS vm_name"
+        "  ORDER BY n.id DESC LIMIT 1) AS vm_name,"
+        " (SELECT c.rejected IS NOT NULL OR EXISTS (SELECT 1 FROM runs r WHERE r.chain_id = c.id AND r.status != 'ok')"
+        "  FROM operations p JOIN chains c ON c.operation_id = p.id WHERE p.vm_id = o.vm_id"
+        "  ORDER BY p.id DESC, c.id DESC LIMIT 1) AS last_chain_failed"
         " FROM (SELECT vm_id, MAX(id) AS last, COUNT(*) AS operations, MIN(time) AS first FROM operations"
         "       WHERE vm_id IS NOT NULL AND polled = 0 GROUP BY vm_id) s"
         " JOIN operations o ON o.id = s.last ORDER BY o.id"
@@ -314,18 +319,27 @@ def vms(db: Database) -> list[dict[str, Any]]:
     return [
         {"vm_id": row["vm_id"], "vm_name": row["vm_name"], "operations": row["operations"], "first_time": row["first"],
          "last_time": row["time"], "last_operation": row["operation"], "last_result": row["result"],
-         "last_error_kind": row["error_kind"], "last_reason": row["reason"]}
+         "last_error_kind": row["error_kind"], "last_reason": row["reason"], "last_hooks_failed": row["hooks_failed"],
+         "last_chain_failed": bool(row["last_chain_failed"])}
         for row in rows
     ]  # fmt: skip
 
 
 def script_stats(db: Database, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
-    """Per point and script, over [since, until): runs, failures, seconds."""
+    """Per point and script, over [since, until): runs, failures, timeouts,
+    seconds, and the median and 95th percentile of the runs' durations
+    (nearest rank; scripts refused as unsafe never ran and have none)."""
     rows = db.query(
-        "SELECT c.point, r.script, COUNT(*) AS runs, SUM(r.status != 'ok') AS failed, SUM(r.duration_s) AS total_s,"
-        " MAX(r.duration_s) AS max_s, MAX(c.time) AS last_time FROM operations o"
-        " JOIN chains c ON c.operation_id = o.id JOIN runs r ON r.chain_id = c.id"
-        " WHERE o.time >= ? AND o.time < ? GROUP BY c.point, r.script ORDER BY c.point, r.script",
+        "WITH ran AS (SELECT c.point, r.script, r.status, r.duration_s, c.time,"
+        "  ROW_NUMBER() OVER (PARTITION BY c.point, r.script, r.status = 'refused' ORDER BY r.duration_s) AS n,"
+        "  COUNT(*) OVER (PARTITION BY c.point, r.script, r.status = 'refused') AS total"
+        "  FROM operations o JOIN chains c ON c.operation_id = o.id JOIN runs r ON r.chain_id = c.id"
+        "  WHERE o.time >= ? AND o.time < ?)"
+        " SELECT point, script, COUNT(*) AS runs, SUM(status != 'ok') AS failed, SUM(status = 'timeout') AS timeouts,"
+        " SUM(duration_s) AS total_s, MAX(duration_s) AS max_s, MAX(time) AS last_time,"
+        " MAX(CASE WHEN status != 'refused' AND n = (total * 50 + 99) / 100 THEN duration_s END) AS p50_s,"
+        " MAX(CASE WHEN status != 'refused' AND n = (total * 95 + 99) / 100 THEN duration_s END) AS p95_s"
+        " FROM ran GROUP BY point, script ORDER BY point, script",
         (since if since is not None else float("-inf"), until if until is not None else float("inf")),
     )
     return [dict(row) for row in rows]

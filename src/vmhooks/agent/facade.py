@@ -29,6 +29,7 @@ class Agent:
         self.context = AgentContext(settings)
         self.events = events.LifecycleEvents(self.context)
         self._operation = self.context.operation
+        self.observers = self.context.recorder.observers  # told of each chain and operation (metrics register here)
 
     def _vm_operation(self, name: str, vm_id: object, polled: bool = False) -> AbstractContextManager[Operation]:
         """An operation on one VM, named in its record as the registry knows it."""

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TypeVar
 
+from vmhooks.agent.observers import OK, Observers, OperationOutcome
 from vmhooks.config import AgentSettings
 from vmhooks.errors import StateError, VmhooksError
 from vmhooks.history import OperationRecord
@@ -111,6 +112,7 @@ class Recorder:
         self._bytes = 0
         self._failure_logged = 0.0
         self._failures_unlogged = 0
+        self.observers = Observers()  # told of every chain and every operation's end (the metrics)
 
     @property
     def max_bytes(self) -> int:
@@ -157,6 +159,7 @@ class Recorder:
             current.counted(result)
         if not result.scripts:
             return
+        self.observers.chain_recorded(operation, vm_id, result)  # whether or not the write below works
         if current is None:
             self._write(self.store.record_chain, operation, vm_id, result)
             self._wrote(_text_bytes(result))
@@ -182,6 +185,9 @@ class Recorder:
         elif not operation.polled or operation.hooks_run:
             self._write(self.store.begin_operation, record)
         _log(record)
+        self.observers.operation_finished(
+            OperationOutcome(record.operation, record.vm_id, record.error_kind or OK, record.duration_s or 0.0)
+        )
         if self._writes >= MAINTENANCE_EVERY or self._bytes >= max(self.max_bytes // 32, 256 << 10):
             self.maintain()
 

@@ -16,6 +16,7 @@ from vmhooks.commands import (
     host,
     kubevirt_sidecar,
     serve,
+    ui,
     vm,
 )
 
@@ -38,4 +39,5 @@ COMMANDS: list[Register] = [
     host.register,
     demo.register,
     kubevirt_sidecar.register,
+    ui.register,
 ]

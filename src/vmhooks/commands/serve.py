@@ -53,6 +53,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--migration-ports", metavar="LOW-HIGH", help="ports for incoming migrations (default: 49152-49215)")
     parser.add_argument("--migration-libvirt-uri", metavar="URI", help="how peers' libvirtd reaches ours (default: --libvirt-uri)")
     add_hooks_pythonpath(parser)
+    parser.add_argument("--http-listen", metavar="[HOST:]PORT",
+                        help="serve the read-only web console and /metrics here (HOST default: 127.0.0.1; needs vmhooks[web])")
+    parser.add_argument("--metrics-public", action="store_true", default=None, help="serve /metrics without the token")
     parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
     parser.add_argument("--log-format", default="text", choices=logs.FORMATS,
                         help="text (default; under systemd, journald priorities and no timestamps) "
@@ -101,11 +104,23 @@ def run(args: argparse.Namespace) -> int:
     servers = make_servers(agent)  # bound (fails fast if another agent runs) but not serving yet
     containment.current()  # logs how a timed-out hook's descendants are found (cgroup or subreaper)
     started = time.monotonic()
+    console = None
+    if settings.http_listen:
+        from vmhooks.web import open_console
+
+        try:
+            console = open_console(agent)  # before start: its metrics count before_vdsm_start too
+        except BaseException:
+            for server in servers:
+                server.server_close()
+            raise
     try:
         agent.start()  # before_vdsm_start, then connect and re-attach
         for server in servers:
             threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
-        _log_start(settings)
+        if console is not None:
+            console.serve_in_thread()
+        _log_start(settings, console.url if console is not None else None)
         # A signal may land on a thread that is not Python's main thread (libvirt's
         # event loop): the handler then runs only when the main thread next runs
         # Python code, so wake it up regularly rather than sleep for good.
@@ -114,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         for server in servers:
             server.shutdown()
     finally:
+        if console is not None:
+            console.close()
         for server in servers:
             server.server_close()
         agent.stop()  # after_vdsm_stop
@@ -123,9 +140,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_start(settings: AgentSettings) -> None:
+def _log_start(settings: AgentSettings, console_url: str | None = None) -> None:
     """The one line that says what this agent is: version, libvirt, hooks, where it listens."""
     addresses = [str(settings.socket_path)] + ([f"{settings.listen} (mutual TLS)"] if settings.listen else [])
+    if console_url is not None:
+        addresses.append(f"{console_url} (web console: vmhooks ui prints its URL with the token)")
     log.info(
         "vmhooks %s started: libvirt %s, hooks %s, state %s, run %s, API on %s",
         __version__, settings.libvirt_uri, settings.hooks_dir, settings.state_dir, settings.run_dir,
