@@ -84,7 +84,10 @@ class Client:
         body = json.dumps(request).encode("utf-8")
         connection = self._connection()
         try:
-            connection.request("POST", "/rpc", body, {"Content-Type": "application/json"})
+            try:
+                connection.request("POST", "/rpc", body, {"Content-Type": "application/json"})
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # an agent at its connection cap answers 503 and closes before reading: read that
             response = connection.getresponse()
             data = response.read()
         except (FileNotFoundError, ConnectionRefusedError) as exc:

@@ -42,6 +42,11 @@ class AgentSettings(NamedTuple):
     save_dir: Path | None = None  # hibernation images (default: <state_dir>/hibernation)
     history_days: float = 90.0  # hook runs older than this are forgotten
     history_max_mb: float = 512.0  # MiB of history kept; the oldest goes first
+    # API connections: each listener's cap, the time a client has to send a
+    # whole request, and how long requests in flight may finish on SIGTERM.
+    max_connections: int = 128
+    request_timeout: float = 30.0
+    shutdown_grace: float = 10.0
     # Agent-to-agent (migration) API over TCP with mutual TLS.
     listen: str | None = None  # HOST:PORT
     tls_cert: Path | None = None
@@ -78,6 +83,9 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "save_dir": str,
     "history_days": (int, float),
     "history_max_mb": (int, float),
+    "max_connections": int,
+    "request_timeout": (int, float),
+    "shutdown_grace": (int, float),
     "listen": str,
     "tls_cert": str,
     "tls_key": str,

@@ -45,6 +45,10 @@ def register(subparsers: Any) -> None:
                         help="development only: run hooks writable by group/others")
     parser.add_argument("--no-fast-path", dest="fast_path", action="store_false", default=None,
                         help="exec every Python hook instead of forking it from a warm interpreter")
+    parser.add_argument("--max-connections", type=int, metavar="N", help="connections each listener serves at once (default: 128)")
+    parser.add_argument("--request-timeout", type=float, metavar="S", help="seconds a client has to send a whole request (default: 30)")
+    parser.add_argument("--shutdown-grace", type=float, metavar="S",
+                        help="on SIGTERM, seconds requests in flight may take to finish (default: 10)")
     parser.add_argument("--listen", metavar="HOST:PORT", help="also serve peers (migration) over TCP, mutual TLS only")
     parser.add_argument("--tls-cert", type=Path, help="this agent's certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="its private key (PEM)")
@@ -86,13 +90,20 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         raise UsageError("history days must be a positive number")
     if not 0 < settings.history_max_mb <= 1 << 20:
         raise UsageError("history max MB must be a number of MiB from 0 to 1048576 (1 TiB)")
+    if not settings.max_connections >= 1:
+        raise UsageError("max connections must be at least 1")
+    if not settings.request_timeout > 0:
+        raise UsageError("request timeout must be a positive number of seconds")
+    if not settings.shutdown_grace >= 0:
+        raise UsageError("shutdown grace must be 0 or more seconds")
     return settings
 
 
 def run(args: argparse.Namespace) -> int:
     from vmhooks import containment
     from vmhooks.agent import Agent
-    from vmhooks.api import make_servers
+    from vmhooks.api import limits_of, make_servers
+    from vmhooks.httpserver import check_descriptors, stop_serving
 
     logs.setup(args.log_level, args.log_format)
     settings = settings_from(args)
@@ -103,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     agent = Agent(settings)
     servers = make_servers(agent)  # bound (fails fast if another agent runs) but not serving yet
     containment.current()  # logs how a timed-out hook's descendants are found (cgroup or subreaper)
+    check_descriptors(limits_of(settings), len(servers))
     started = time.monotonic()
     console = None
     if settings.http_listen:
@@ -126,8 +138,10 @@ def run(args: argparse.Namespace) -> int:
         # Python code, so wake it up regularly rather than sleep for good.
         while not stop.wait(0.5):
             pass
-        for server in servers:
-            server.shutdown()
+        log.info("stopping: no new connections; requests in flight have %gs to finish", settings.shutdown_grace)
+        cut = stop_serving(servers, settings.shutdown_grace)
+        if cut:
+            log.warning("%d request(s) still running after the shutdown grace: their clients were cut off", len(cut))
     finally:
         if console is not None:
             console.close()
