@@ -62,8 +62,14 @@ class Connection:
                 pass
 
     def replace_socket(self, sock: socket.socket) -> None:
+        """Track `sock` instead (a TLS socket over the same descriptor)."""
         with self._lock:
             self.sock = sock
+            if self.cut_reason:  # cut in between: the old object had let go of the descriptor
+                try:
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         with self._lock:

@@ -62,7 +62,7 @@ class Throttled:
         self._count += 1
         now = time.monotonic()
         if now - self._last >= self.interval:
-            more = f" ({self._count} times in the last minute)" if self._count > 1 else ""
+            more = f" ({self._count} times since the last such message)" if self._count > 1 else ""
             log.warning(message + more, *args)
             self._last, self._count = now, 0
 
@@ -91,6 +91,7 @@ class BoundedServer(socketserver.BaseServer):
         self.connections = Connections(limits, name)
         self._stopping = threading.Event()
         self._serving = False
+        self._serve_lock = threading.Lock()
         self._backoff = 0.0
         self._spare_fd = _spare_descriptor()  # given up to accept and refuse when out of descriptors
         self._refusals = Throttled()
@@ -102,12 +103,18 @@ class BoundedServer(socketserver.BaseServer):
             raise
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
-        self._serving = True
+        with self._serve_lock:
+            if self._stopping.is_set():
+                return
+            self._serving = True
         super().serve_forever(poll_interval)
 
     def shutdown(self) -> None:
-        self._stopping.set()  # ends a back-off wait at once
-        if self._serving:
+        """Stop the accept loop (a no-op if it never ran: the stdlib's would wait forever)."""
+        with self._serve_lock:
+            self._stopping.set()  # also ends a back-off wait at once
+            serving = self._serving
+        if serving:
             super().shutdown()
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -254,52 +261,53 @@ class BoundedHandler(http.server.BaseHTTPRequestHandler):
         return self.client_address[0] if isinstance(self.client_address, tuple) else "unix"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
-        log.debug("%s", format % args)
+        if log.isEnabledFor(logging.DEBUG):  # once per request: format only when it is kept
+            log.debug("%s", format % args)
 
     def handle_one_request(self) -> None:
-        limits = self.server.limits
         connections = self.server.connections
-        connections.arm(self.tracked, Phase.WAITING, limits.request_timeout)
+        connections.arm(self.tracked, Phase.WAITING, self.server.limits.request_timeout)
         self.close_connection = True  # until a whole request is in
-        self.command = ""
         try:
-            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
-            if self._was_cut(self.raw_requestline) or not self.raw_requestline:
-                return
-            if len(self.raw_requestline) > MAX_REQUEST_LINE:
-                self.send_error(414, "request line too long")
-                return
-            if not self.parse_request() or self._was_cut(b"headers"):
-                return
-            if self.command not in _allowed_methods(type(self)):
-                self.close_connection = True  # its body, if any, is never read
-                self.send_error(405, f"method {self.command} is not allowed; use {', '.join(_allowed_methods(type(self)))}")
-                return
-            status, problem, length = self._framing()
-            if problem:
-                self.close_connection = True  # the stream can no longer be trusted
-                self.send_error(status, problem)
-                return
-            self.body = self.rfile.read(length) if length else b""
+            complete = self._read_request()
         except OSError:
+            complete = False
+        if not complete:
             self.close_connection = True
-            self._was_cut(b"?")
-            return
-        if len(self.body) != length:
-            self.close_connection = True
-            self._was_cut(b"body")
             return
         connections.arm(self.tracked, Phase.BUSY)
         getattr(self, f"do_{self.command}")()
         if connections.draining:
             self.close_connection = True
 
-    def _was_cut(self, received: bytes) -> bool:
+    def _read_request(self) -> bool:
+        """Read the request line, headers and body, or answer why not (an
+        error answer closes the connection: the stream cannot be trusted)."""
+        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        if not self.raw_requestline or self._was_cut():
+            return False  # the client left, or idled past the deadline
+        if len(self.raw_requestline) > MAX_REQUEST_LINE:
+            self.send_error(414, "request line too long")
+            return False
+        if not self.parse_request() or self._was_cut():
+            return False
+        allowed = _allowed_methods(type(self))
+        if self.command not in allowed:  # its body, if any, is never read
+            self.send_error(405, f"method {self.command} is not allowed; use {', '.join(allowed)}")
+            return False
+        status, problem, length = self._framing()
+        if problem:
+            self.send_error(status, problem)
+            return False
+        self.body = self.rfile.read(length) if length else b""
+        return len(self.body) == length and not self._was_cut()
+
+    def _was_cut(self) -> bool:
+        """Whether the reaper cut this connection mid-request (logged: a
+        client that trickles its request is worth knowing about)."""
         reason = self.tracked.cut_reason
-        if reason:
-            self.close_connection = True
-            if received and not self.server.connections.draining:  # idle keep-alive ends are routine
-                log.info("%s: closed a connection from %s: %s", self.server.name, self.address_string(), reason)
+        if reason and not self.server.connections.draining:
+            log.info("%s: closed a connection from %s: %s", self.server.name, self.address_string(), reason)
         return bool(reason)
 
     def _framing(self) -> tuple[int, str, int]:
