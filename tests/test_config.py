@@ -81,3 +81,29 @@ def test_fast_path_lists_hold_strings(tmp_path: Path, text: str):
     config.write_text(text)
     with pytest.raises(UsageError, match="must be a list of strings"):
         load_settings_file(config)
+
+
+def test_connection_settings_from_toml_and_flags(tmp_path: Path):
+    config = tmp_path / "vmhooks.toml"
+    config.write_text("[agent]\nmax_connections = 16\nrequest_timeout = 5\nshutdown_grace = 2.5\n")
+    args = build_parser().parse_args(["serve", "--config", str(config), "--shutdown-grace", "0"])
+    settings = settings_from(args)
+    assert (settings.max_connections, settings.request_timeout, settings.shutdown_grace) == (16, 5, 0)
+    defaults = AgentSettings()
+    assert (defaults.max_connections, defaults.request_timeout, defaults.shutdown_grace) == (128, 30.0, 10.0)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-connections", "0"], "max connections must be at least 1"),
+        (["--request-timeout", "0"], "request timeout must be a positive"),
+        (["--shutdown-grace", "-1"], "shutdown grace must be 0 or more"),
+        (["--request-timeout", "nan"], "request timeout must be a positive"),
+        (["--shutdown-grace", "inf"], "shutdown grace must be 0 or more"),
+    ],
+)
+def test_bad_connection_settings_are_refused(flags: list[str], message: str):
+    args = build_parser().parse_args(["serve", "--config", "/dev/null", *flags])
+    with pytest.raises(UsageError, match=message):
+        settings_from(args)

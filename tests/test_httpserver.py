@@ -285,6 +285,7 @@ def test_out_of_file_descriptors_the_agent_backs_off_and_keeps_serving(tmp_path,
         assert response.status == 200 and json.loads(response.read())["result"] == []
         assert threads(agent.proc.pid) < 128 + 16
         assert "cannot accept a connection: Too many open files" in agent.log()
+        assert "only 128 file descriptors (ulimit -n)" in agent.log()  # said at start, with the fix
         kept.close()
     finally:
         for sock in crowd:

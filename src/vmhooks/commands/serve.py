@@ -5,6 +5,7 @@ import argparse
 import faulthandler
 import logging
 import os
+import math
 import signal
 import threading
 import time
@@ -92,10 +93,10 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         raise UsageError("history max MB must be a number of MiB from 0 to 1048576 (1 TiB)")
     if not settings.max_connections >= 1:
         raise UsageError("max connections must be at least 1")
-    if not settings.request_timeout > 0:
+    if not 0 < settings.request_timeout < math.inf:
         raise UsageError("request timeout must be a positive number of seconds")
-    if not settings.shutdown_grace >= 0:
-        raise UsageError("shutdown grace must be 0 or more seconds")
+    if not 0 <= settings.shutdown_grace < math.inf:
+        raise UsageError("shutdown grace must be 0 or more seconds (finite)")
     return settings
 
 
