@@ -79,18 +79,24 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def noop_hooks(root: Path, hooks_per_point: int) -> Path:
+    """A hooks root under `root` with that many `exit 0` shell hooks on each of POINTS."""
+    os.chmod(root, 0o755)
+    hooks = root / "hooks"
+    hooks.mkdir(mode=0o755)
+    for point in POINTS:
+        for index in range(hooks_per_point):
+            path = hooks / point / f"{index + 1}0_noop"
+            path.parent.mkdir(mode=0o755, exist_ok=True)
+            path.write_text("#!/bin/sh\nexit 0\n")
+            path.chmod(0o755)
+    return hooks
+
+
 def run_agent(n: int, clients: int, hooks_per_point: int) -> dict:
     root = Path(tempfile.mkdtemp(prefix="vmhooks-bench-"))
     try:
-        hooks = root / "hooks"
-        hooks.mkdir(mode=0o755)
-        os.chmod(root, 0o755)
-        for point in POINTS:
-            for index in range(hooks_per_point):
-                path = hooks / point / f"{index + 1}0_noop"
-                path.parent.mkdir(mode=0o755, exist_ok=True)
-                path.write_text("#!/bin/sh\nexit 0\n")
-                path.chmod(0o755)
+        hooks = noop_hooks(root, hooks_per_point)
         agent = AgentProcess(root / "agent", hooks, "test:///default", "--log-level", "WARNING").start()
         latencies: list[float] = []
         lock = threading.Lock()

@@ -35,12 +35,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from agent import POINTS, noop_hooks  # noqa: E402 (bench/agent.py, beside this script)
 from agentproc import AgentProcess, domain_xml  # noqa: E402
 
-POINTS = (
-    "before_vm_start", "after_vm_start", "before_vm_pause", "after_vm_pause",
-    "before_vm_cont", "after_vm_cont", "before_vm_destroy", "after_vm_destroy",
-)  # fmt: skip
 BUDGET_MIB = 5.0  # the goal: RSS flat within 5 MiB over 10,000 cycles
 BUDGET_CYCLES = 10_000
 
@@ -110,15 +107,7 @@ def run_direct(cycles: int, warmup: int, every: int, max_seconds: float) -> dict
 def run_agent(cycles: int, warmup: int, every: int, max_seconds: float, hooks_per_point: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="vmhooks-soak-"))
     try:
-        os.chmod(root, 0o755)
-        hooks = root / "hooks"
-        hooks.mkdir(mode=0o755)
-        for point in POINTS:
-            for index in range(hooks_per_point):
-                path = hooks / point / f"{index + 1}0_noop"
-                path.parent.mkdir(mode=0o755, exist_ok=True)
-                path.write_text("#!/bin/sh\nexit 0\n")
-                path.chmod(0o755)
+        hooks = noop_hooks(root, hooks_per_point)
         agent = AgentProcess(root / "agent", hooks, "test:///default", "--log-level", "WARNING").start()
         assert agent.proc is not None
         pid = agent.proc.pid

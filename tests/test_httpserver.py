@@ -254,6 +254,21 @@ def test_connections_over_the_cap_get_503_and_no_thread(tmp_path, hooks_dir):
         assert agent.stop() == 0
 
 
+def test_connections_leave_no_thread_or_descriptor_behind(agent):
+    assert agent.proc is not None
+    agent.call("VM.list")
+    time.sleep(0.5)  # that connection's thread ends after the client has its answer
+    fds, before = len(os.listdir(f"/proc/{agent.proc.pid}/fd")), threads(agent.proc.pid)
+    for index in range(300):
+        with connect(agent) as sock:
+            if index % 3 == 0:
+                exchange(sock, post(LIST)).read()  # answered
+            elif index % 3 == 1:
+                sock.sendall(b"POST /rpc HTTP/1.1\r\n")  # left half-sent
+    time.sleep(0.5)
+    assert (len(os.listdir(f"/proc/{agent.proc.pid}/fd")), threads(agent.proc.pid)) == (fds, before)
+
+
 def test_out_of_file_descriptors_the_agent_backs_off_and_keeps_serving(tmp_path, hooks_dir):
     """ulimit -n 128 and 1,000 connections: the agent refuses what it cannot
     take, answers the connection it has, and does not spin."""
@@ -297,68 +312,73 @@ def test_out_of_file_descriptors_the_agent_backs_off_and_keeps_serving(tmp_path,
 # -- graceful stop ---------------------------------------------------------------
 
 
+class SlowPause:
+    """An agent whose before_vm_pause hook runs `hook` (after making
+    marks/started), a VM, and VM.pause called in the background."""
+
+    def __init__(self, tmp_path: Path, hooks_dir: Path, make_hook, marks: Path, hook: str, grace: str) -> None:
+        self.trace_log = tmp_path / "trace.log"
+        trace_hooks(hooks_dir, ["after_vdsm_stop"], self.trace_log)
+        make_hook("before_vm_pause", "50_slow", f"touch {marks}/started\n{hook}")
+        self.agent = AgentProcess(tmp_path / "agent", hooks_dir, "test:///default", "--shutdown-grace", grace).start()
+        assert self.agent.proc is not None
+        self.proc = self.agent.proc
+        self.vm_id = str(uuid.uuid4())
+        self.agent.call("VM.create", xml=domain_xml("slow", self.vm_id))
+        self.outcome: list[object] = []
+        self.marks = marks
+
+    def pause_in_background(self) -> threading.Thread:
+        def pause() -> None:
+            try:
+                self.outcome.append(self.agent.call("VM.pause", vmId=self.vm_id))
+            except BaseException as exc:  # asserted by the test
+                self.outcome.append(exc)
+
+        thread = threading.Thread(target=pause)
+        thread.start()
+        while not (self.marks / "started").exists():
+            time.sleep(0.05)
+        return thread
+
+
 def test_sigterm_closes_idle_connections_and_lets_requests_in_flight_finish(tmp_path, hooks_dir, make_hook, marks):
-    trace_log = tmp_path / "trace.log"
-    trace_hooks(hooks_dir, ["after_vdsm_stop"], trace_log)
-    make_hook("before_vm_pause", "50_slow", f"touch {marks}/started; sleep 5")
-    agent = AgentProcess(tmp_path / "agent", hooks_dir, "test:///default", "--shutdown-grace", "10").start()
-    assert agent.proc is not None
-    vm_id = str(uuid.uuid4())
-    agent.call("VM.create", xml=domain_xml("slow", vm_id))
-    idle = connect(agent)
+    slow = SlowPause(tmp_path, hooks_dir, make_hook, marks, "sleep 5", grace="10")
+    idle = connect(slow.agent)
     exchange(idle, post(LIST)).read()  # keep-alive, now idle
-    half = connect(agent)
+    half = connect(slow.agent)
     half.sendall(b"POST /rpc HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
-    trickle = connect(agent)
+    trickle = connect(slow.agent)
     trickle.sendall(b"POST /rpc HTTP/1.1\r\n")
-    paused: list[object] = []
-    in_flight = threading.Thread(target=lambda: paused.append(agent.call("VM.pause", vmId=vm_id)))
-    in_flight.start()
-    while not (marks / "started").exists():
-        time.sleep(0.05)
-    agent.proc.send_signal(signal.SIGTERM)
+    in_flight = slow.pause_in_background()
+    slow.proc.send_signal(signal.SIGTERM)
     stopped_at = time.monotonic()
     for sock in (idle, half, trickle):
         assert closed_within(sock, 3), "a connection with no request in flight was kept open"
     assert time.monotonic() - stopped_at < 3.5 and in_flight.is_alive()
-    assert agent.proc.wait(timeout=15) == 0
+    assert slow.proc.wait(timeout=15) == 0
     in_flight.join()
-    assert paused and paused[0]["status"] == "paused"  # type: ignore[index]
-    assert traced(trace_log) == ["after_vdsm_stop"]
-    assert not agent.socket.exists()
+    assert isinstance(slow.outcome[0], dict) and slow.outcome[0]["status"] == "paused"
+    assert traced(slow.trace_log) == ["after_vdsm_stop"]
+    assert not slow.agent.socket.exists()
 
 
 def test_sigterm_waits_no_longer_than_the_grace(tmp_path, hooks_dir, make_hook, marks):
-    trace_log = tmp_path / "trace.log"
-    trace_hooks(hooks_dir, ["after_vdsm_stop"], trace_log)
-    make_hook("before_vm_pause", "50_stuck", f"echo $$ > {marks}/pid; exec sleep 60")
-    agent = AgentProcess(tmp_path / "agent", hooks_dir, "test:///default", "--shutdown-grace", "1").start()
-    assert agent.proc is not None
-    vm_id = str(uuid.uuid4())
-    agent.call("VM.create", xml=domain_xml("stuck", vm_id))
-    outcome: list[BaseException] = []
-
-    def pause() -> None:
-        try:
-            agent.call("VM.pause", vmId=vm_id)
-        except BaseException as exc:  # asserted below
-            outcome.append(exc)
-
-    in_flight = threading.Thread(target=pause)
-    in_flight.start()
-    while not (marks / "pid").exists() or not (marks / "pid").read_text().strip():
-        time.sleep(0.05)
+    slow = SlowPause(tmp_path, hooks_dir, make_hook, marks, f"echo $$ > {marks}/pid; exec sleep 60", grace="1")
+    in_flight = slow.pause_in_background()
     try:
-        agent.proc.send_signal(signal.SIGTERM)
+        slow.proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        assert agent.proc.wait(timeout=20) == 0
+        assert slow.proc.wait(timeout=20) == 0
         assert time.monotonic() - started < 6
         in_flight.join(timeout=5)
-        assert outcome and isinstance(outcome[0], AgentUnreachable)  # cut off, not left hanging
-        assert "1 request(s) still running after the shutdown grace" in agent.log()
-        assert traced(trace_log) == ["after_vdsm_stop"]
+        assert slow.outcome and isinstance(slow.outcome[0], AgentUnreachable)  # cut off, not left hanging
+        assert "1 request(s) still running after the shutdown grace" in slow.agent.log()
+        assert traced(slow.trace_log) == ["after_vdsm_stop"]
     finally:
+        while not (marks / "pid").exists() or not (marks / "pid").read_text().strip():
+            time.sleep(0.05)
         try:
             os.kill(int((marks / "pid").read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
+        except ProcessLookupError:
             pass
