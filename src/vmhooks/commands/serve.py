@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
-import os
 import math
+import os
 import signal
 import threading
 import time
