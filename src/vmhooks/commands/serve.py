@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         # Python code, so wake it up regularly rather than sleep for good.
         while not stop.wait(0.5):
             pass
-        log.info("stopping: no new connections; requests in flight have %gs to finish", settings.shutdown_grace)
+        log.debug("stopping: no new connections; requests in flight have %gs to finish", settings.shutdown_grace)
         cut = stop_serving(servers, settings.shutdown_grace)
         if cut:
             log.warning("%d request(s) still running after the shutdown grace: their clients were cut off", len(cut))
