@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from agentproc import AgentProcess, domain_xml, trace_hooks, traced
+from agentproc import AgentProcess, domain_xml, trace_hooks, traced, wait_for
 from realhost import free_port
 from tlsmaterial import make_tls_material
 
@@ -159,7 +159,7 @@ def test_reading_one_request_has_an_overall_deadline(tmp_path, hooks_dir):
         idle = connect(agent)  # an idle keep-alive connection ends the same way
         exchange(idle, post(LIST)).read()
         assert closed_within(idle, 5)
-        assert "no complete request within the request timeout" in agent.log()
+        wait_for(lambda: "no complete request within the request timeout" in agent.log())
         assert agent.call("VM.list") == []
     finally:
         assert agent.stop() == 0
@@ -194,7 +194,7 @@ def test_a_slow_reader_gets_a_deadline_proportional_to_the_answer(tmp_path, hook
             except (http.client.IncompleteRead, ConnectionResetError):
                 pass
         assert received < length
-        assert "cut after" in agent.log() and "did not read the answer in time" in agent.log()
+        wait_for(lambda: "cut after" in agent.log() and "did not read the answer in time" in agent.log())
         assert agent.call("VM.list")[0]["vmId"] == vm_id
     finally:
         agent.stop()
@@ -216,7 +216,7 @@ def test_a_tls_peer_that_never_handshakes_is_cut(tmp_path, hooks_dir):
         extra = socket.create_connection(("127.0.0.1", port), timeout=10)
         assert closed_within(extra, 1)  # over the cap: closed at once
         assert all(closed_within(sock, 4) for sock in mute)  # handshake deadline
-        assert "no TLS handshake within the request timeout" in agent.log()
+        wait_for(lambda: "no TLS handshake within the request timeout" in agent.log())
         for sock in (*mute, extra):
             sock.close()
     finally:
@@ -337,8 +337,7 @@ class SlowPause:
 
         thread = threading.Thread(target=pause)
         thread.start()
-        while not (self.marks / "started").exists():
-            time.sleep(0.05)
+        wait_for((self.marks / "started").exists)
         return thread
 
 
@@ -376,8 +375,7 @@ def test_sigterm_waits_no_longer_than_the_grace(tmp_path, hooks_dir, make_hook, 
         assert "1 request(s) still running after the shutdown grace" in slow.agent.log()
         assert traced(slow.trace_log) == ["after_vdsm_stop"]
     finally:
-        while not (marks / "pid").exists() or not (marks / "pid").read_text().strip():
-            time.sleep(0.05)
+        wait_for(lambda: (marks / "pid").exists() and (marks / "pid").read_text().strip())
         try:
             os.kill(int((marks / "pid").read_text()), signal.SIGKILL)
         except ProcessLookupError:
