@@ -20,7 +20,7 @@ from vmhooks.agent import DEVICE_OPERATIONS, Agent
 from vmhooks.config import AgentSettings, split_address
 from vmhooks.errors import UsageError
 from vmhooks.connections import Connection, Phase, ServerLimits
-from vmhooks.httpserver import BoundedHandler, BoundedServer, json_error
+from vmhooks.httpserver import BoundedHandler, BoundedServer, json_error, limits_of
 from vmhooks.rpc import Dispatcher, Method, Param
 
 log = logging.getLogger("vmhooks.api")
@@ -191,10 +191,6 @@ def server_tls_context(settings: AgentSettings) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(f"cannot load the TLS certificate, key or CA: {exc}") from None
     return context
-
-
-def limits_of(settings: AgentSettings) -> ServerLimits:
-    return ServerLimits(max_connections=settings.max_connections, request_timeout=settings.request_timeout)
 
 
 def make_servers(agent: Agent) -> list[RpcServer]:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from vmhooks.config import AgentSettings
 from vmhooks.connections import Connection, Connections, Phase, ServerLimits
 from vmhooks.rpc import INVALID_REQUEST, SERVER_BUSY, error_response
 
@@ -216,6 +217,12 @@ def stop_serving(servers: Sequence[BoundedServer], grace: float) -> list[Connect
     return [connection for connection in left if connection.phase is Phase.BUSY]
 
 
+def limits_of(settings: AgentSettings, **overrides: Any) -> ServerLimits:
+    """Every listener's limits, from the agent's settings."""
+    limits = ServerLimits(max_connections=settings.max_connections, request_timeout=settings.request_timeout)
+    return limits._replace(**overrides)
+
+
 def check_descriptors(limits: ServerLimits, listeners: int) -> None:
     """Raise the soft RLIMIT_NOFILE to what the cap needs, up to the hard
     limit; warn when even that is short (accept then backs off on EMFILE)."""
@@ -339,7 +346,9 @@ class BoundedHandler(http.server.BaseHTTPRequestHandler):
         text = message or self.responses.get(code, ("error",))[0]
         self.respond(code, json_error(text))
 
-    def respond(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def respond(
+        self, status: int, body: bytes, content_type: str = "application/json", headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
         """Write the whole answer within a deadline proportional to its size."""
         if self.tracked.cut_reason:
             return
@@ -350,7 +359,8 @@ class BoundedHandler(http.server.BaseHTTPRequestHandler):
         head = [f"{self.protocol_version} {status} {phrase}", f"Server: {self.version_string()}",
                 f"Date: {self.date_time_string()}", f"Content-Type: {content_type}",
                 f"Content-Length: {len(body)}"]  # fmt: skip
-        if status == 405:
+        head.extend(f"{name}: {value}" for name, value in headers)
+        if status == 405 and not any(name.lower() == "allow" for name, _ in headers):
             head.append(f"Allow: {', '.join(_allowed_methods(type(self)))}")
         if self.close_connection:
             head.append("Connection: close")

@@ -103,8 +103,8 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
 def run(args: argparse.Namespace) -> int:
     from vmhooks import containment
     from vmhooks.agent import Agent
-    from vmhooks.api import limits_of, make_servers
-    from vmhooks.httpserver import check_descriptors, stop_serving
+    from vmhooks.api import make_servers
+    from vmhooks.httpserver import check_descriptors, limits_of, stop_serving
 
     logs.setup(args.log_level, args.log_format)
     settings = settings_from(args)
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     agent = Agent(settings)
     servers = make_servers(agent)  # bound (fails fast if another agent runs) but not serving yet
     containment.current()  # logs how a timed-out hook's descendants are found (cgroup or subreaper)
-    check_descriptors(limits_of(settings), len(servers))
+    check_descriptors(limits_of(settings), len(servers) + bool(settings.http_listen))
     started = time.monotonic()
     console = None
     if settings.http_listen:
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             pass
         log.debug("stopping: no new connections; requests in flight have %gs to finish", settings.shutdown_grace)
-        cut = stop_serving(servers, settings.shutdown_grace)
+        cut = stop_serving([*servers, *([console.server] if console is not None else [])], settings.shutdown_grace)
         if cut:
             log.warning("%d request(s) still running after the shutdown grace: their clients were cut off", len(cut))
     finally:

@@ -9,6 +9,7 @@ import threading
 
 from vmhooks.agent import Agent
 from vmhooks.errors import UsageError
+from vmhooks.httpserver import limits_of
 from vmhooks.web import auth
 from vmhooks.web.app import WebApp
 from vmhooks.web.metrics import AgentMetrics
@@ -49,7 +50,7 @@ class WebConsole:
         self.metrics = AgentMetrics(agent)
         self.token = auth.new_token()
         try:
-            self.server = WebServer((host, port))
+            self.server = WebServer((host, port), limits_of(settings))
         except OSError as exc:
             raise UsageError(f"cannot listen on {settings.http_listen} (--http-listen): {exc.strerror}") from None
         self.port = self.server.server_address[1]
@@ -77,7 +78,8 @@ class WebConsole:
         return thread
 
     def close(self) -> None:
-        """Stop serving, withdraw the token; the metrics stop counting."""
+        """Stop serving (at once, if `httpserver.stop_serving` has not already
+        drained it), withdraw the token; the metrics stop counting."""
         self.server.shutdown()
         self.server.server_close()
         auth.withdraw(self.agent.settings.run_dir)
