@@ -149,3 +149,19 @@ def test_a_stage_that_died_is_replaced_and_stages_that_keep_dying_give_forks(hoo
     finally:
         del os.environ["out"]
         forkserver_link.SERVERS.close()
+
+
+def test_the_server_shows_itself_again_once_idle(hooks_dir: Path, tmp_path: Path) -> None:
+    # It sets up each next hook of a chain (its name and command line) before forking the stage for it.
+    forkserver_link.SERVERS.close()
+    for name in ("10_a", "20_b"):
+        _hook(hooks_dir, name, "pass\n")
+    assert _chain(hooks_dir, tmp_path) == [True, True]
+    [server] = [server for server in forkserver_link.SERVERS._servers.values() if isinstance(server, forkserver_link.Server)]
+    proc = Path(f"/proc/{server.proc.pid}")
+    deadline = time.monotonic() + forkserver_stage.IDLE_MS / 1000 + 5
+    while b"forkserver_main.py" not in (proc / "cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert b"forkserver_main.py" in (proc / "cmdline").read_bytes()
+    assert (proc / "comm").read_text().strip() == Path(sys.executable).name[:15]
+    forkserver_link.SERVERS.close()

@@ -67,16 +67,22 @@ def plan(path: str, point: str, env: Mapping[str, str], settings: FastPathSettin
     for glob in settings.exclude:
         if fnmatch.fnmatchcase(f"{point}/{name}", glob) or fnmatch.fnmatchcase(path, glob):
             return None
-    try:
-        with open(path, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            head = handle.read(MAX_SHEBANG + 1)
+    try:  # os-level calls: this runs for every script of every chain
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
         return None
-    if not stat.S_ISREG(st.st_mode) or st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            return None
+        head = os.read(fd, MAX_SHEBANG + 1)
+    except OSError:
         return None
+    finally:
+        os.close(fd)
     line, newline, _ = head.partition(b"\n")
-    if not newline or not line.startswith(b"#!") or any(byte < 0x20 and byte != 0x09 for byte in line):
+    visible = line.replace(b"\t", b"")
+    if not newline or not line.startswith(b"#!") or min(visible) < 0x20:
         return None
     # The kernel splits the line at the first blank: the interpreter, then one argument.
     interpreter_word, _, argument = line[2:].strip(b" \t").replace(b"\t", b" ").partition(b" ")
@@ -166,6 +172,7 @@ class FastSpawn:
         self._following = dict(zip(chain, chain[1:]))  # script -> the next one of the chain
         self._servers: dict[str, Server | None] = {}  # interpreter -> its server (None: exec)
         self._listings: dict[str, set[str]] = {}
+        self._directories: dict[str, str] = {}  # script -> the directory its link leads to
         self._chain: tuple[Mapping[str, str], bytes, bool] | None = None  # the env, the spec it gives, stdin
 
     def __call__(self, path: str, env: Mapping[str, str], stdout: int, stderr: int, cell: containment.Cell) -> Child:
@@ -240,7 +247,9 @@ class FastSpawn:
     def _shadowed(self, path: str, server: Server) -> bool:
         """A module beside the script that the server has imported from
         elsewhere: the script would import its neighbour, the child the server's."""
-        directory = os.path.dirname(os.path.realpath(path))
+        directory = self._directories.get(path)
+        if directory is None:  # each script is asked about twice: as the next one, then as itself
+            directory = self._directories[path] = os.path.dirname(os.path.realpath(path))
         names = self._listings.get(directory)
         if names is None:
             try:

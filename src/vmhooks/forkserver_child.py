@@ -79,12 +79,13 @@ def inherit(startup, spec):
     _set_environ(startup, spec["env"])
 
 
-def before_fork(startup, spec, context=True):
+def before_fork(startup, spec, context=True, over=None):
     """In the server (or a stage), before the hook's process is made: what
     it inherits is cheaper set here than in it, where every page written is
     a page copied. `after_fork` puts back what the server shows of itself.
     `context`: the working directory, umask and environment too (else this
-    process has them already: `inherit`)."""
+    process has them already: `inherit`). `over`: the token of a hook set
+    up here before and not put back, which this one replaces."""
     if context:
         inherit(startup, spec)
     shown = _show(startup.mm, [os.fsencode(arg) for arg in spec["cmdline"]], spec["env"]) if startup.mm else None
@@ -94,7 +95,11 @@ def before_fork(startup, spec, context=True):
     sys.orig_argv = list(spec["cmdline"])
     inserted = not getattr(sys.flags, "safe_path", False)
     if inserted:
-        sys.path.insert(0, os.path.dirname(os.path.realpath(path)))
+        entry = os.path.dirname(os.path.realpath(path))
+        if over is not None and over[1]:
+            sys.path[0] = entry
+        else:
+            sys.path.insert(0, entry)
     return shown, inserted
 
 

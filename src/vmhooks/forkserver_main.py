@@ -129,6 +129,8 @@ class Server:
     def __init__(self, fd, startup):
         self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, fd)
         self.startup = startup
+        self.buffer = bytearray(MAX_MESSAGE)
+        self.view = memoryview(self.buffer)
         self.codes = {}  # (path, (dev, ino, size, mtime)) -> code object
         self._common = (None, None)  # the last common spec: marshalled, and loaded
         self.inherited = None  # the common spec whose cwd, umask and environment this process has
@@ -141,7 +143,8 @@ class Server:
         self.sock.sendmsg([data], ancillary if fds else [])
 
     def receive(self):
-        data, ancillary, _, _ = self.sock.recvmsg(MAX_MESSAGE, FD_SPACE)
+        size, ancillary, _, _ = self.sock.recvmsg_into([self.buffer], FD_SPACE)
+        data = self.view[:size]  # read in place: no megabyte allocated (and paged in) for each request
         fds = []
         for level, kind, payload in ancillary:
             if level == SOL_SOCKET and kind == SCM_RIGHTS:
@@ -176,7 +179,9 @@ class Server:
 
     def forget_listings(self):
         """Directory listings as a new process finds them: not cached. Done
-        here, before the fork, not in each child (which would copy the pages)."""
+        here, before the fork, not in each child (which would copy the pages);
+        once is enough where the server imports nothing more (stages), as
+        only its own imports fill its finders' caches."""
         for finder in list(sys.path_importer_cache.values()):
             if finder is not None and hasattr(finder, "invalidate_caches"):
                 finder.invalidate_caches()
@@ -190,20 +195,23 @@ class Server:
         spec["path"], spec["cmdline"], spec["comm"] = script[:3]
         return spec
 
-    def prepare(self, spec, common, fds):
+    def prepare(self, spec, common, fds, over=None):
         """The hook set up in this process (a SetUp); None once answered that it is exec'd."""
         try:
-            return self.set_up(spec, common)
+            return self.set_up(spec, common, over)
         except (NotEligible, OSError) as why:  # OSError: the agent's working directory is gone, say: exec says so too
             for fd in fds:
                 os.close(fd)
             self.send(marshal.dumps(("exec", str(why))))
             return None
 
-    def set_up(self, spec, common):
-        """What the hook inherits, set up in this process (`undo` it if unused)."""
+    def set_up(self, spec, common, over=None):
+        """What the hook inherits, set up in this process (`undo` it if unused),
+        over the SetUp `over` if one is still in place."""
         code, identity, fresh = self.code_for(spec["path"], spec["cwd"])
-        token = forkserver_child.before_fork(self.startup, spec, context=common != self.inherited)
+        token = forkserver_child.before_fork(
+            self.startup, spec, context=common != self.inherited, over=over.token if over is not None else None
+        )
         self.inherited = common
         return SetUp(spec, code, identity, fresh, token, forkserver_child.main_loader(code.co_filename))
 
@@ -257,12 +265,18 @@ class Server:
         NotEligible when exec's outcome could differ. A relative path is
         the agent's: relative to its working directory."""
         filename = path if path.startswith("/") else os.path.join(cwd, path)  # as __main__.__file__ is made
-        with open(filename, "rb") as handle:
-            identity = _identity(os.fstat(handle.fileno()))
+        fd = os.open(filename, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        try:  # os-level calls: in a stage, each object made or touched is a page copied
+            identity = _identity(os.fstat(fd))
             code = self.codes.get((filename, identity))
             if code is not None:
                 return code, identity, False
-            source = handle.read()
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            source = b"".join(chunks)
+        finally:
+            os.close(fd)
         if b"PK\x05\x06" in source[-65558:]:
             raise NotEligible("a zip archive: the interpreter would run the __main__ inside")
         with warnings.catch_warnings(record=True) as caught:

@@ -29,6 +29,7 @@ import _imp
 import _socket
 
 MAX_NOTICE = 1 << 16
+IDLE_MS = 1000  # with no hook for this long, the server shows its own name again
 MAX_STAGE_DEATHS = 3  # stages in a row that died untaken: the server forks each hook itself instead
 
 
@@ -93,7 +94,7 @@ class Stages:
         self.notify = None  # in a stage: the server's notice socket
         self.box = None  # in a stage: a socket pair holding the hook's std fds in flight
         self.expected = None  # (common spec, script) the next request most likely asks for
-        self.prepared = None  # ((common spec, script), SetUp) set up for it
+        self.prepared = None  # the SetUp in place in this process, and the (common spec, script) it is for
 
     def serve(self):
         """In the server: keep a stage ready until the agent goes (None).
@@ -104,21 +105,22 @@ class Stages:
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
         poller = select.poll()
         poller.register(notices.fileno(), select.POLLIN)
+        self.server.forget_listings()
         deaths = 0
         while deaths < MAX_STAGE_DEATHS:
-            self.server.forget_listings()
             self._prepare_expected()
             gc.freeze()  # a collection in a stage or hook then leaves our objects (and their pages) alone
             try:
                 pid, pidfd = self.spawn.fork_stage()
             except OSError:
-                self._forget_prepared()
+                self._put_back()
                 break
             if pid == 0:
                 notices.close()
                 self.notify = notify
                 return self._stage()
-            self._forget_prepared()
+            # What was set up stays until the next one is set up over it: put
+            # back now, it would be written twice, each time a page copied.
             notice = self._wait(poller, notices, pidfd)
             os.close(pidfd)
             if notice is None:  # died untaken: killed, say
@@ -134,6 +136,7 @@ class Stages:
                     self.server.code_for(*fresh)
                 except Exception:  # noqa: BLE001 - only a cache: the stage decided
                     pass
+        self._put_back()
         notices.close()
         notify.close()
         raise StagesFailed()
@@ -141,28 +144,32 @@ class Stages:
     def _prepare_expected(self):
         """Set up here what the next hook most likely is, for the stage to
         inherit: done in this warm process, it is off the hook's path."""
-        if self.expected is None:
+        if self.expected is None or (self.prepared is not None and self.prepared[1] == self.expected):
             return
         common, script = self.expected
+        over = self.prepared[0] if self.prepared is not None else None
         try:
-            self.prepared = (self.expected, self.server.set_up(self.server.spec(common, script), common))
-        except Exception:  # noqa: BLE001 - a guess only: the stage sets up what is asked
+            self.prepared = (self.server.set_up(self.server.spec(common, script), common, over), self.expected)
+        except Exception:  # noqa: BLE001 - a guess only (what was in place stays): the stage sets up what is asked
             pass
 
-    def _forget_prepared(self):
+    def _put_back(self):
+        """This process's own name, command line and sys.path again."""
         if self.prepared is not None:
-            self.server.undo(self.prepared[1])
+            self.server.undo(self.prepared[0])
             self.prepared = None
 
-    @staticmethod
-    def _wait(poller, notices, pidfd):
+    def _wait(self, poller, notices, pidfd):
         """The stage's notice, or None if it died without one."""
         poller.register(pidfd, select.POLLIN)
         try:
             while True:
                 try:
-                    ready = [fd for fd, _ in poller.poll()]
+                    ready = [fd for fd, _ in poller.poll(IDLE_MS if self.prepared is not None else None)]
                 except InterruptedError:
+                    continue
+                if not ready:  # no hook for a while: show ourselves again
+                    self._put_back()
                     continue
                 if notices.fileno() in ready:
                     return marshal.loads(notices.recv(MAX_NOTICE))
@@ -194,17 +201,20 @@ class Stages:
         the script is exec'd instead (answered)."""
         _, common, script, following = request
         given = dict(zip(script[3], fds))
-        prepared, self.prepared = self.prepared, None
         setup = None
-        if prepared is not None:
-            expected, setup = prepared
+        if self.prepared is not None:
+            setup, expected = self.prepared
             if expected != (common, script[:3]) or not self.server.unchanged(setup):
-                self.server.undo(setup)
-                setup = None
+                setup = self.server.prepare(self.server.spec(common, script), common, fds, over=setup)
+                if setup is None:  # answered: exec'd; what was in place is gone
+                    self._put_back()
+                    return None
+                self.prepared = (setup, (common, script[:3]))
         if setup is None:
             setup = self.server.prepare(self.server.spec(common, script), common, fds)
             if setup is None:
                 return None
+            self.prepared = (setup, (common, script[:3]))
         cgroup = given.pop("cgroup", -1)
         # The std fds wait in our socket pair for the hook to take: a copy
         # in our table would keep the hook's stderr open until we exit.
@@ -218,7 +228,7 @@ class Stages:
         try:
             self.spawn.become_hook(cgroup)
         except OSError as exc:
-            self.server.undo(setup)
+            self._put_back()
             for fd in (self._take() if passed else []) + ([cgroup] if cgroup >= 0 else []):
                 os.close(fd)
             self.server.send(marshal.dumps(("error", exc.errno, exc.strerror)))
