@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 from vmhooks import containment
 from vmhooks.execution import Child, Spawn
-from vmhooks.forkserver_link import PREIMPORTS, SERVERS, NotEligible, Server
+from vmhooks.forkserver_link import PREIMPORTS, SERVERS, NotEligible, Server, StagedChild
 
 __all__ = ["PREIMPORTS", "SERVERS", "FastPathSettings", "FastSpawn", "NotEligible", "Plan", "Server", "plan", "servable"]
 
@@ -173,6 +173,7 @@ class FastSpawn:
         self._servers: dict[str, Server | None] = {}  # interpreter -> its server (None: exec)
         self._listings: dict[str, set[str]] = {}
         self._directories: dict[str, str] = {}  # script -> the directory its link leads to
+        self._stages: dict[str, list[int]] = {}  # interpreter -> stages of this chain's hooks, reaped at its end
         self._chain: tuple[Mapping[str, str], bytes, bool] | None = None  # the env, the spec it gives, stdin
 
     def __call__(self, path: str, env: Mapping[str, str], stdout: int, stderr: int, cell: containment.Cell) -> Child:
@@ -198,6 +199,8 @@ class FastSpawn:
             log.warning("fork server for %s failed (%s): %s is exec'd", script_plan.interpreter, exc, path)
             self._servers[script_plan.interpreter] = None
             return self.fallback(path, env, stdout, stderr, cell)
+        if isinstance(child, StagedChild):
+            self._stages.setdefault(script_plan.interpreter, []).append(child.stage)
         cell.started(child.pid)
         return child
 
@@ -216,9 +219,9 @@ class FastSpawn:
 
     def close(self) -> None:
         """The chain is done: reap the stages of its last hooks."""
-        for server in self._servers.values():
+        for interpreter, server in self._servers.items():
             if server is not None:
-                server.reap_stages(wait=0.5)
+                server.reap_stages(self._stages.get(interpreter, ()), wait=0.5)
 
     def _server(self, interpreter: str) -> Server | None:
         if interpreter not in self._servers:

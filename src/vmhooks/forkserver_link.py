@@ -77,7 +77,7 @@ class Server:
             theirs.close()
         self.sock.settimeout(START_TIMEOUT)
         try:
-            kind, refused, extra_tops, version = self._receive()[0]
+            kind, refused, extra_tops, version, staged = self._receive()[0]
         except (OSError, ValueError, EOFError, TypeError) as exc:
             self.close()
             raise OSError(f"fork server for {interpreter} did not start: {exc}") from None
@@ -87,6 +87,7 @@ class Server:
         self.refused: str = refused
         self.shadowable = frozenset(extra_tops)  # top-level modules a hook's own directory could shadow
         self.version = version
+        self.staged = staged  # hooks cloned from stages forked ahead (forkserver_stage), not each forked
         self.stale_checked = 0.0
 
     def _receive(self, flags: int = 0) -> tuple[tuple, list[int]]:
@@ -110,24 +111,26 @@ class Server:
         """Reap a stage if it has exited, else later (it exits once its hook is gone)."""
         with self._stages_lock:
             self._stages.append(pid)
-            self._reap_stages(0.0)
+            self._reap_stages()
 
-    def reap_stages(self, wait: float) -> None:
-        with self._stages_lock:
-            self._reap_stages(wait)
-
-    def _reap_stages(self, wait: float) -> None:
+    def reap_stages(self, pids: Sequence[int], wait: float) -> None:
+        """Wait up to `wait` seconds for these stages to exit, reaping them."""
         deadline = time.monotonic() + wait
+        while True:
+            with self._stages_lock:
+                self._reap_stages()
+                pending = [pid for pid in pids if pid in self._stages]
+            if not pending or time.monotonic() >= deadline:
+                return
+            time.sleep(0.0005)
+
+    def _reap_stages(self) -> None:
         left = []
         for pid in self._stages:
-            while True:
-                try:
-                    done = os.waitpid(pid, os.WNOHANG)[0] != 0
-                except ChildProcessError:  # reaped already (a subreaper's sweep)
-                    done = True
-                if done or time.monotonic() >= deadline:
-                    break
-                time.sleep(0.0005)
+            try:
+                done = os.waitpid(pid, os.WNOHANG)[0] != 0
+            except ChildProcessError:  # reaped already (a subreaper's sweep)
+                done = True
             if not done:
                 left.append(pid)
         self._stages = left
@@ -196,7 +199,7 @@ class Server:
         except (OSError, EOFError, ValueError):
             pass
         self.sock.close()
-        self.reap_stages(wait=2.0)
+        self.reap_stages(list(self._stages), wait=2.0)
 
 
 class StagedChild(ClonedChild):
@@ -249,7 +252,8 @@ class Servers:
                 self._servers[key] = server.refused
                 server.close()
                 return None
-            log.info("fork server for %s started (pid %d)", interpreter, server.proc.pid)
+            how = "stages forked ahead" if server.staged else "a fork per hook"
+            log.info("fork server for %s started (pid %d, %s)", interpreter, server.proc.pid, how)
             self._servers[key] = server
             return server
 

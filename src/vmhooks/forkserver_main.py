@@ -329,7 +329,7 @@ def start():
     stages = None
     if not refused and forkserver_stage.stages_work(spawn, fork_for_agent):
         stages = forkserver_stage.Stages(server, spawn)
-    server.send(marshal.dumps(("hello", refused, sorted(tops), sys.version)))
+    server.send(marshal.dumps(("hello", refused, sorted(tops), sys.version, stages is not None)))
     return None if refused else (server, stages)
 
 
