@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -157,11 +158,45 @@ def test_the_server_shows_itself_again_once_idle(hooks_dir: Path, tmp_path: Path
     for name in ("10_a", "20_b"):
         _hook(hooks_dir, name, "pass\n")
     assert _chain(hooks_dir, tmp_path) == [True, True]
-    [server] = [server for server in forkserver_link.SERVERS._servers.values() if isinstance(server, forkserver_link.Server)]
+    servers = forkserver_link.SERVERS._servers.values()
+    [server] = [found for found in servers if isinstance(found, forkserver_link.Server)]
     proc = Path(f"/proc/{server.proc.pid}")
     deadline = time.monotonic() + forkserver_stage.IDLE_MS / 1000 + 5
     while b"forkserver_main.py" not in (proc / "cmdline").read_bytes() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert b"forkserver_main.py" in (proc / "cmdline").read_bytes()
     assert (proc / "comm").read_text().strip() == Path(sys.executable).name[:15]
+    forkserver_link.SERVERS.close()
+
+
+SAYS_ITS_NAME = "import os, sys\nsys.stderr.write(os.path.basename(sys.argv[0]) + '\\n')\n"
+
+
+def test_chains_from_several_threads_share_the_server(tmp_path: Path) -> None:
+    # Each request may find a stage set up for another chain's next hook: it is set up again.
+    forkserver_link.SERVERS.close()
+    roots = []
+    for chain in range(3):
+        root = tmp_path / f"hooks-{chain}"
+        root.mkdir(mode=0o755)
+        for hook in range(5):
+            _hook(root, f"{hook:02d}_{chain}", SAYS_ITS_NAME)
+        roots.append(root)
+    results: dict[int, list[tuple[str, bool, str]]] = {}
+
+    def run(chain: int) -> None:
+        config = RunnerConfig(roots[chain], fast_path=FastPathSettings(True), work_dir=tmp_path)
+        for _ in range(3):
+            result = run_chain("before_vm_start", "<domain/>", config)
+            results.setdefault(chain, []).extend((run.name, run.fast_path, run.stderr) for run in result.scripts)
+
+    threads = [threading.Thread(target=run, args=(chain,)) for chain in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for chain in range(3):
+        names = [f"{hook:02d}_{chain}" for hook in range(5)] * 3
+        assert results[chain] == [(name, True, f"{name}\n") for name in names]
+    assert _zombie_children() == []
     forkserver_link.SERVERS.close()

@@ -37,7 +37,9 @@ from vmhooks import containment
 from vmhooks.execution import Child, Spawn
 from vmhooks.forkserver_link import PREIMPORTS, SERVERS, NotEligible, Server, StagedChild
 
-__all__ = ["PREIMPORTS", "SERVERS", "FastPathSettings", "FastSpawn", "NotEligible", "Plan", "Server", "plan", "servable"]
+__all__ = [
+    "PREIMPORTS", "SERVERS", "FastPathSettings", "FastSpawn", "NotEligible", "Plan", "Server", "plan", "servable",
+]
 
 log = logging.getLogger("vmhooks.forkserver")
 
