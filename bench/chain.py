@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -310,10 +311,11 @@ def fast_path_mode() -> str:
     servers = [s for s in forkserver_link.SERVERS._servers.values() if isinstance(s, forkserver_link.Server)]
     if not servers:
         return "no fork server ran"
-    return "; ".join(
+    ways = Counter(
         f"{server.interpreter}: " + ("clones from stages forked ahead" if server.staged else "a fork per hook")
         for server in servers
-    )
+    )  # one server per environment: per hooks directory here
+    return "; ".join(f"{way} ({count} server{'s' * (count > 1)})" for way, count in ways.items())
 
 
 def fast_ratio(row: dict) -> float:
