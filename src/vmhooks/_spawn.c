@@ -322,6 +322,7 @@ static PyObject *spawn(PyObject *self, PyObject *args)
 #endif
 }
 
+#ifdef HAVE_CLONE3_RUN
 PyDoc_STRVAR(become_hook_doc,
 "become_hook(cgroup_fd) -> 0\n\n"
 "For a fork server's stage process (a disposable fork of the server, child\n"
@@ -334,10 +335,6 @@ PyDoc_STRVAR(become_hook_doc,
 
 static PyObject *become_hook(PyObject *self, PyObject *args)
 {
-#ifndef HAVE_CLONE3_RUN
-    PyErr_SetString(PyExc_NotImplementedError, "no clone3 trampoline for this architecture");
-    return NULL;
-#else
     int cgroup_fd;
     struct spawn_args clone;
     sigset_t all, mask;
@@ -359,8 +356,8 @@ static PyObject *become_hook(PyObject *self, PyObject *args)
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     return PyLong_FromLong(0);
-#endif
 }
+#endif /* HAVE_CLONE3_RUN: without it, no become_hook (the fork server forks each hook) */
 
 PyDoc_STRVAR(fork_stage_doc,
 "fork_stage() -> (pid, pidfd) here, (0, -1) in the child\n\n"
@@ -426,7 +423,9 @@ static PyObject *added(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
+#ifdef HAVE_CLONE3_RUN
     {"become_hook", become_hook, METH_VARARGS, become_hook_doc},
+#endif
     {"fork_stage", fork_stage, METH_NOARGS, fork_stage_doc},
     {"added", added, METH_VARARGS, added_doc},
     {NULL, NULL, 0, NULL},
