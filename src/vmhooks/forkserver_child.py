@@ -1,4 +1,4 @@
-"""A fork server's child: one Python hook, set up as an exec of it would
+"""A fork server's hook process: one Python hook, set up as an exec of it would
 have set it up, run in a fresh `__main__`, and ended as the interpreter ends.
 
 Imported by `forkserver_main.py` only (standard library only).
@@ -157,7 +157,7 @@ def main_loader(filename):
 
 
 class Job:
-    """One hook, in the forked child."""
+    """One hook, in its process (cloned by a stage, or forked by the server)."""
 
     def __init__(self, startup, spec, code, fds, modules_before, inherited, loader, added=None):
         self.inherited = inherited  # from before_fork: what /proc/self/cmdline and environ point into
@@ -181,8 +181,8 @@ class Job:
                 os.dup2(fd, target)  # every received fd is above 2: none is overwritten
         os.closerange(3, 1 << 20)  # close_range(2) underneath
         # The working directory, umask, environment, names and sys.argv/path
-        # came with the fork (`before_fork`); rlimits are set here: the
-        # server itself must not live under a hook's limits.
+        # came with the clone or fork (`before_fork`); rlimits are set here:
+        # the server itself must not live under a hook's limits.
         for limit, pair in spec["rlimits"].items():
             if resource.getrlimit(limit) != pair:
                 resource.setrlimit(limit, pair)

@@ -119,8 +119,9 @@ class Stages:
                 notices.close()
                 self.notify = notify
                 return self._stage()
-            # What was set up stays until the next one is set up over it: put
-            # back now, it would be written twice, each time a page copied.
+            # What was set up stays, for the next hook to be set up over it:
+            # putting it back now would write it twice (each write, a page
+            # copied while the stage lives).
             notice = self._wait(poller, notices, pidfd)
             os.close(pidfd)
             if notice is None:  # died untaken: killed, say
@@ -201,20 +202,16 @@ class Stages:
         the script is exec'd instead (answered)."""
         _, common, script, following = request
         given = dict(zip(script[3], fds))
-        setup = None
-        if self.prepared is not None:
-            setup, expected = self.prepared
-            if expected != (common, script[:3]) or not self.server.unchanged(setup):
-                setup = self.server.prepare(self.server.spec(common, script), common, fds, over=setup)
-                if setup is None:  # answered: exec'd; what was in place is gone
-                    self._put_back()
-                    return None
-                self.prepared = (setup, (common, script[:3]))
-        if setup is None:
-            setup = self.server.prepare(self.server.spec(common, script), common, fds)
-            if setup is None:
+        wanted = (common, script[:3])
+        in_place = self.prepared[0] if self.prepared is not None else None
+        if in_place is not None and self.prepared[1] == wanted and self.server.unchanged(in_place):
+            setup = in_place  # the usual case: set up by the server, before our fork
+        else:
+            setup = self.server.prepare(self.server.spec(common, script), common, fds, over=in_place)
+            if setup is None:  # answered that it is exec'd
+                self._put_back()
                 return None
-            self.prepared = (setup, (common, script[:3]))
+            self.prepared = (setup, wanted)
         cgroup = given.pop("cgroup", -1)
         # The std fds wait in our socket pair for the hook to take: a copy
         # in our table would keep the hook's stderr open until we exit.
