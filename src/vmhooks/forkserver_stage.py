@@ -90,7 +90,6 @@ class Stages:
     def __init__(self, server, spawn):
         self.server = server
         self.spawn = spawn  # vmhooks._spawn
-        self.policy = os.sched_getscheduler(0)  # the agent's (inherited)
         self.notify = None  # in a stage: the server's notice socket
         self.box = None  # in a stage: a socket pair holding the hook's std fds in flight
         self.expected = None  # (common spec, script) the next request most likely asks for
@@ -100,9 +99,6 @@ class Stages:
         """In the server: keep a stage ready until the agent goes (None).
         In a hook's process: its Job. StagesFailed: fork each hook instead."""
         notices, notify = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
-        if self.policy == os.SCHED_OTHER:
-            # Waking to fork a stage, we must not preempt the hook that woke us.
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
         poller = select.poll()
         poller.register(notices.fileno(), select.POLLIN)
         self.server.forget_listings()
@@ -185,8 +181,6 @@ class Stages:
     def _stage(self):
         """In a stage: answer the agent until a request is a hook to run."""
         self.box = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
-        if self.policy == os.SCHED_OTHER:  # the agent's again: a request is the hook's path, and the hook inherits it
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         job = self.server.answer(self.become)
         if job is None:  # the agent is gone: it reaps us once told who we are
             try:
