@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -301,6 +302,22 @@ def format_fast_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def fast_path_mode() -> str:
+    """How the fork servers of this run made the hooks' processes."""
+    try:
+        from vmhooks import forkserver_link
+    except ImportError:  # a copy that predates stages
+        return "a fork per hook"
+    servers = [s for s in forkserver_link.SERVERS._servers.values() if isinstance(s, forkserver_link.Server)]
+    if not servers:
+        return "no fork server ran"
+    ways = Counter(
+        f"{server.interpreter}: " + ("clones from stages forked ahead" if server.staged else "a fork per hook")
+        for server in servers
+    )  # one server per environment: per hooks directory here
+    return "; ".join(f"{way} ({count} server{'s' * (count > 1)})" for way, count in ways.items())
+
+
 def fast_ratio(row: dict) -> float:
     return statistics.median(e / f for e, f in zip(row["runner"], row["fast"]))
 
@@ -362,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         if any("fast" in row for row in rows):
             print()
             print(format_fast_table(rows))
+            print(f"(fast path: {fast_path_mode()})")
             print()
             print(fast_goal_line(rows))
         print(f"(bench time {time.perf_counter() - started:.1f} s)", flush=True)

@@ -158,6 +158,7 @@ def test_cwd_umask_rlimits_signals_and_process_group(both: Both) -> None:
                     ("Umask", "SigBlk", "SigIgn", "SigCgt", "SigPnd", "ShdPnd", "NoNewPrivs", "Seccomp", "CapEff")},
                 "mask": sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), "handlers": handlers, "limits": limits,
                 "own session": os.getsid(0) == os.getpid(), "own group": os.getpgid(0) == os.getpid(),
+                "parent": os.getppid(), "scheduling": [os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)],
                 "cgroup": open("/proc/self/cgroup").read().rsplit("/hook-", 1)[0]})
     """)
     old_umask = os.umask(0o027)
@@ -170,6 +171,7 @@ def test_cwd_umask_rlimits_signals_and_process_group(both: Both) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, old_nofile)
     [seen] = lines(out)
     assert seen["status"]["Umask"] == "0027" and seen["own session"] and seen["own group"]
+    assert seen["parent"] == os.getpid()  # the agent's child, as an exec'd hook is
     assert seen["limits"]["RLIMIT_NOFILE"][0] == min(soft, 900)
 
 
@@ -290,10 +292,21 @@ def test_threads_started_by_the_hook(both: Both, tmp_path: Path) -> None:
         threading.Thread(target=late).start()  # not a daemon: the interpreter waits for it
         threading.Thread(target=time.sleep, args=(30,), daemon=True).start()  # a daemon: not waited for
         report([t.daemon for t in threading.enumerate()])
+        report([str(threading.main_thread().native_id), str(threading.get_native_id())])
     """)
-    result, _ = both.run()
+    result, out = both.run()
     assert done.read_text() == "xx"  # once per way
+    assert lines(out)[-1] == ["PID", "PID"]
     assert result.scripts[0].duration_s < 10
+
+
+def test_a_module_the_hook_imported_is_torn_down_at_exit(both: Both) -> None:
+    directory = both.hook("10_probe", "import own_module\nown_module.keep = own_module.Noisy()\n").parent
+    (directory / "own_module.py").write_text(
+        "import sys\nclass Noisy:\n    def __del__(self):\n        sys.stderr.write('own module cleared\\n')\n"
+    )
+    result, _ = both.run()
+    assert result.scripts[0].stderr == "own module cleared\n"
 
 
 def test_fork_inside_the_hook(both: Both) -> None:
@@ -320,6 +333,22 @@ def test_a_module_the_server_imported_changed_by_a_hook_stays_changed_in_that_ho
     both.hook("20_second", "import json, hooking\nreport([json.dumps(1), hooking.log.__name__])\n")
     _, out = both.run()
     assert lines(out) == [["changed", None], ["1", "log"]]
+
+
+def test_a_script_rewritten_by_the_one_before_runs_as_rewritten(both: Both) -> None:
+    # The server sets up each next script of a chain ahead of time: it must see the file as it is when it runs.
+    second = both.hook("20_second", "report('as written first')\n")
+    both.hook("10_first", f"""
+        text = open({str(second)!r}).read().replace("as written first", "as rewritten by 10_first, longer")
+        open({str(second)!r}, "w").write(text)
+    """)
+    original = second.read_text()
+    seen = []
+    for _ in range(2):  # the first run leaves it rewritten: put it back for the next
+        _, out = both.run()
+        seen.append(lines(out))
+        second.write_text(original)
+    assert seen == [["as rewritten by 10_first, longer"]] * 2
 
 
 def test_hooking_edits_and_warnings(both: Both, seed_xml: str) -> None:

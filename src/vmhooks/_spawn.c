@@ -82,6 +82,29 @@ static long clone3_run(struct spawn_args *args, int (*fn)(void *), void *arg)
         : "rcx", "r11", "memory");
     return ret;
 }
+
+/* clone3 sharing our memory and stack (CLONE_VM | CLONE_VFORK: vfork(2)
+ * with clone3's flags). The child returns 0 and goes on as this process
+ * would have, on this stack; we sleep in the kernel until it has exited or
+ * exec'd, then leave at once (exit_group) without touching the stack it
+ * used. So only a failure returns here (-errno). */
+static long clone3_and_leave(struct spawn_args *args)
+{
+    long ret;
+    __asm__ volatile(
+        "syscall\n\t"
+        "test %%rax, %%rax\n\t"
+        "jle 1f\n\t"
+        "mov $231, %%eax\n\t" /* exit_group(0) */
+        "xor %%edi, %%edi\n\t"
+        "syscall\n\t"
+        "hlt\n"
+        "1:"
+        : "=a"(ret)
+        : "0"((long)SYS_clone3), "D"(args), "S"(sizeof(*args))
+        : "rcx", "r11", "memory");
+    return ret;
+}
 #define HAVE_CLONE3_RUN 1
 #elif defined(__aarch64__)
 static long clone3_run(struct spawn_args *args, int (*fn)(void *), void *arg)
@@ -103,6 +126,24 @@ static long clone3_run(struct spawn_args *args, int (*fn)(void *), void *arg)
         : "+r"(x0)
         : "r"(x8), "r"(x1), "r"(x19), "r"(x20)
         : "memory", "x30");
+    return x0;
+}
+static long clone3_and_leave(struct spawn_args *args)
+{
+    register long x8 __asm__("x8") = SYS_clone3;
+    register long x0 __asm__("x0") = (long)args;
+    register long x1 __asm__("x1") = (long)sizeof(*args);
+    __asm__ volatile(
+        "svc #0\n\t"
+        "cmp x0, #0\n\t"
+        "b.le 1f\n\t"
+        "mov x0, #0\n\t"
+        "mov x8, #94\n\t" /* exit_group(0) */
+        "svc #0\n"
+        "1:"
+        : "+r"(x0), "+r"(x8)
+        : "r"(x1)
+        : "memory", "cc");
     return x0;
 }
 #define HAVE_CLONE3_RUN 1
@@ -281,8 +322,112 @@ static PyObject *spawn(PyObject *self, PyObject *args)
 #endif
 }
 
+#ifdef HAVE_CLONE3_RUN
+PyDoc_STRVAR(become_hook_doc,
+"become_hook(cgroup_fd) -> 0\n\n"
+"For a fork server's stage process (a disposable fork of the server, child\n"
+"of the agent): clone a hook process that shares this memory and goes on\n"
+"from here as this process would (returns 0 there), a child of our parent\n"
+"(CLONE_PARENT), created in the cgroup of `cgroup_fd` (-1: ours). This\n"
+"process never returns: it waits until the hook has exited or exec'd, then\n"
+"exits, so that the hook neither copies a page table nor tears one down.\n"
+"Raises OSError (here) if the clone fails.");
+
+static PyObject *become_hook(PyObject *self, PyObject *args)
+{
+    int cgroup_fd;
+    struct spawn_args clone;
+    sigset_t all, mask;
+    long pid;
+
+    if (!PyArg_ParseTuple(args, "i", &cgroup_fd))
+        return NULL;
+    memset(&clone, 0, sizeof clone);
+    clone.flags = CLONE_VM | CLONE_VFORK | CLONE_PARENT | (cgroup_fd >= 0 ? CLONE_INTO_CGROUP : 0);
+    clone.exit_signal = 0; /* CLONE_PARENT: our parent's child, notified as we would be */
+    clone.cgroup = cgroup_fd >= 0 ? (uint64_t)cgroup_fd : 0;
+    /* No handler of ours may run here once the hook has used the stack. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &mask);
+    pid = clone3_and_leave(&clone);
+    pthread_sigmask(SIG_SETMASK, &mask, NULL);
+    if (pid < 0) {
+        errno = (int)-pid;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(0);
+}
+#endif /* HAVE_CLONE3_RUN: without it, no become_hook (the fork server forks each hook) */
+
+PyDoc_STRVAR(fork_stage_doc,
+"fork_stage() -> (pid, pidfd) here, (0, -1) in the child\n\n"
+"For a fork server: fork (clone3) a child of our parent's (CLONE_PARENT),\n"
+"with the interpreter's before- and after-fork work, as os.fork does.");
+
+static PyObject *fork_stage(PyObject *self, PyObject *noargs)
+{
+    struct spawn_args clone;
+    int pidfd = -1, saved_errno;
+    long pid;
+
+    memset(&clone, 0, sizeof clone);
+    clone.flags = CLONE_PARENT | CLONE_PIDFD;
+    clone.pidfd = (uint64_t)(uintptr_t)&pidfd;
+    clone.exit_signal = 0; /* CLONE_PARENT: our parent's child, notified as we would be */
+    PyOS_BeforeFork();
+    pid = syscall(SYS_clone3, &clone, sizeof clone);
+    saved_errno = errno;
+    if (pid == 0) {
+        PyOS_AfterFork_Child();
+        return Py_BuildValue("(ii)", 0, -1);
+    }
+    PyOS_AfterFork_Parent();
+    if (pid < 0) {
+        errno = saved_errno;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return Py_BuildValue("(li)", pid, pidfd);
+}
+
+PyDoc_STRVAR(added_doc,
+"added(mapping, known, also) -> list, or None\n\n"
+"The keys of the dict `mapping` not in the set `known`, plus `also`, in the\n"
+"dict's order; None if a key is not a str. Unlike a loop in Python, it\n"
+"leaves the reference counts of the other keys alone: in a forked process,\n"
+"each page written is a page copied.");
+
+static PyObject *added(PyObject *self, PyObject *args)
+{
+    PyObject *mapping, *known, *also, *key, *value, *result;
+    Py_ssize_t pos = 0;
+
+    if (!PyArg_ParseTuple(args, "O!O!U", &PyDict_Type, &mapping, &PyFrozenSet_Type, &known, &also))
+        return NULL;
+    result = PyList_New(0);
+    if (result == NULL)
+        return NULL;
+    while (PyDict_Next(mapping, &pos, &key, &value)) {
+        int has;
+        if (!PyUnicode_CheckExact(key)) { /* comparing it could run code that changes the dict */
+            Py_DECREF(result);
+            Py_RETURN_NONE;
+        }
+        has = PyUnicode_Compare(key, also) == 0 ? 0 : PySet_Contains(known, key);
+        if (has < 0 || (!has && PyList_Append(result, key) < 0)) {
+            Py_DECREF(result);
+            return NULL;
+        }
+    }
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS, spawn_doc},
+#ifdef HAVE_CLONE3_RUN
+    {"become_hook", become_hook, METH_VARARGS, become_hook_doc},
+#endif
+    {"fork_stage", fork_stage, METH_NOARGS, fork_stage_doc},
+    {"added", added, METH_VARARGS, added_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,4 +1,4 @@
-"""A fork server's child: one Python hook, set up as an exec of it would
+"""A fork server's hook process: one Python hook, set up as an exec of it would
 have set it up, run in a fresh `__main__`, and ended as the interpreter ends.
 
 Imported by `forkserver_main.py` only (standard library only).
@@ -71,13 +71,23 @@ def _unshow(original):
     set_mm_map(mm)
 
 
-def before_fork(startup, spec):
-    """In the server, before it forks: what a child inherits with the fork
-    is cheaper set here than in each child, where every page written is a
-    page copied. `after_fork` puts back what the server shows of itself."""
+def inherit(startup, spec):
+    """The working directory, umask and environment of `spec`'s hook, set
+    in this process; kept (the next hook most likely has the same)."""
     os.chdir(spec["cwd"])
     os.umask(spec["umask"])
     _set_environ(startup, spec["env"])
+
+
+def before_fork(startup, spec, context=True, over=None):
+    """In the server (or a stage), before the hook's process is made: what
+    it inherits is cheaper set here than in it, where every page written is
+    a page copied. `after_fork` puts back what the server shows of itself.
+    `context`: the working directory, umask and environment too (else this
+    process has them already: `inherit`). `over`: the token of a hook set
+    up here before and not put back, which this one replaces."""
+    if context:
+        inherit(startup, spec)
     shown = _show(startup.mm, [os.fsencode(arg) for arg in spec["cmdline"]], spec["env"]) if startup.mm else None
     _libc.prctl(PR_SET_NAME, ctypes.c_char_p(os.fsencode(spec["comm"])[:15]), 0, 0, 0)
     path = spec["path"]
@@ -85,7 +95,11 @@ def before_fork(startup, spec):
     sys.orig_argv = list(spec["cmdline"])
     inserted = not getattr(sys.flags, "safe_path", False)
     if inserted:
-        sys.path.insert(0, os.path.dirname(os.path.realpath(path)))
+        entry = os.path.dirname(os.path.realpath(path))
+        if over is not None and over[1]:
+            sys.path[0] = entry
+        else:
+            sys.path.insert(0, entry)
     return shown, inserted
 
 
@@ -135,16 +149,25 @@ class Startup:
             self.comm = handle.read().rstrip(b"\n")
 
 
-class Job:
-    """One hook, in the forked child."""
+def main_loader(filename):
+    """The loader of a `__main__` run from `filename`, as the interpreter
+    makes it. Made before the fork; the module itself is made after it (the
+    fork freezes what exists, which a collection then leaves alone)."""
+    return sys.modules["_frozen_importlib_external"].SourceFileLoader("__main__", filename)
 
-    def __init__(self, startup, spec, code, fds, modules_before, inherited):
+
+class Job:
+    """One hook, in its process (cloned by a stage, or forked by the server)."""
+
+    def __init__(self, startup, spec, code, fds, modules_before, inherited, loader, added=None):
         self.inherited = inherited  # from before_fork: what /proc/self/cmdline and environ point into
         self.startup = startup
         self.spec = spec
         self.code = code
         self.fds = fds  # "stdin", "stdout", "stderr", "cgroup" -> fd (no stdin: the agent has none)
         self.modules_before = modules_before  # the server's, made there: not copied page by page here
+        self.loader = loader  # main_loader's
+        self.added = added  # _spawn.added or None
 
     def prepare(self):
         spec = self.spec
@@ -158,22 +181,26 @@ class Job:
                 os.dup2(fd, target)  # every received fd is above 2: none is overwritten
         os.closerange(3, 1 << 20)  # close_range(2) underneath
         # The working directory, umask, environment, names and sys.argv/path
-        # came with the fork (`before_fork`); rlimits are set here: the
-        # server itself must not live under a hook's limits.
+        # came with the clone or fork (`before_fork`); rlimits are set here:
+        # the server itself must not live under a hook's limits.
         for limit, pair in spec["rlimits"].items():
             if resource.getrlimit(limit) != pair:
                 resource.setrlimit(limit, pair)
+        threading = sys.modules.get("threading")
+        if threading is not None and hasattr(threading.main_thread(), "_set_native_id"):
+            threading.main_thread()._set_native_id()  # the server's thread id otherwise: this process's, as on exec
         self._reopen_std_streams()
         main = type(sys)("__main__")
         main.__dict__.update(
             __package__=None,
-            __loader__=sys.modules["_frozen_importlib_external"].SourceFileLoader("__main__", self.code.co_filename),
+            __loader__=self.loader,
             __spec__=None,
             __annotations__={},
             __builtins__=builtins,
             __file__=self.code.co_filename,
             __cached__=None,
         )
+        self.loader = None
         sys.modules["__main__"] = main
         _signal.pthread_sigmask(_signal.SIG_SETMASK, spec["sigmask"])
         return main
@@ -235,7 +262,10 @@ class Job:
             gc.collect()
         _delete_special()
         weaklist = []
-        for name in [name for name in sys.modules if name not in self.modules_before or name == "__main__"]:
+        names = self.added(sys.modules, self.modules_before, "__main__") if self.added is not None else None
+        if names is None:
+            names = [name for name in sys.modules if name not in self.modules_before or name == "__main__"]
+        for name in names:
             module = sys.modules.pop(name)
             if isinstance(module, ModuleType):  # sys.modules may hold other objects: those are only dropped
                 weaklist.append(weakref.ref(module))

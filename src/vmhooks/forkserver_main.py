@@ -1,22 +1,26 @@
-"""The fork server program: a warm, single-threaded Python that forks one
-child per Python hook (`forkserver_child.Job`); `forkserver.py` is the
+"""The fork server program: a warm, single-threaded Python that makes one
+process per Python hook (`forkserver_child.Job`); `forkserver.py` is the
 agent's side and says which scripts come here.
 
 Run by path, under the interpreter the hooks name:
 `<interpreter> forkserver_main.py <socket fd> <module to import>...`.
-Standard library only, so any Python 3.11+ can run it.
+Standard library only, so any Python 3.11+ can run it. Where it can load
+the agent's `vmhooks._spawn` (the agent's own interpreter) each hook is
+cloned from a stage forked ahead of time (`forkserver_stage`); elsewhere
+the server forks each hook itself.
 """
 import sys
 
 STARTUP_MODULES = frozenset(sys.modules)  # what any interpreter has when a script starts
 if __name__ == "__main__":
     import forkserver_child  # from our own directory, which is then left out of sys.path
+    import forkserver_stage
 
     if not getattr(sys.flags, "safe_path", False):
         del sys.path[0]  # our directory must not shadow what hooks import
         sys.path_importer_cache.pop(forkserver_child.__file__.rpartition("/")[0], None)
 else:  # imported, not run (tools that import every module)
-    from vmhooks import forkserver_child
+    from vmhooks import forkserver_child, forkserver_stage
 
 import _socket  # noqa: E402
 import ctypes  # noqa: E402
@@ -125,7 +129,12 @@ class Server:
     def __init__(self, fd, startup):
         self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, fd)
         self.startup = startup
-        self.codes = {}  # (path, dev, ino, size, mtime) -> code object
+        self.buffer = bytearray(MAX_MESSAGE)
+        self.view = memoryview(self.buffer)
+        self.codes = {}  # (path, (dev, ino, size, mtime)) -> code object
+        self._common = (None, None)  # the last common spec: marshalled, and loaded
+        self.inherited = None  # the common spec whose cwd, umask and environment this process has
+        self.added = None  # _spawn.added, where loaded: the hook's own modules, found without a loop here
         self.modules = frozenset(sys.modules)
         self.stamps = {name: _stamp(module) for name, module in sys.modules.items() if name not in STARTUP_MODULES}
 
@@ -134,7 +143,8 @@ class Server:
         self.sock.sendmsg([data], ancillary if fds else [])
 
     def receive(self):
-        data, ancillary, _, _ = self.sock.recvmsg(MAX_MESSAGE, FD_SPACE)
+        size, ancillary, _, _ = self.sock.recvmsg_into([self.buffer], FD_SPACE)
+        data = self.view[:size]  # read in place: no megabyte allocated (and paged in) for each request
         fds = []
         for level, kind, payload in ancillary:
             if level == SOL_SOCKET and kind == SCM_RIGHTS:
@@ -142,72 +152,131 @@ class Server:
                 fds += [int.from_bytes(payload[i : i + 4], sys.byteorder, signed=True) for i in range(0, usable, 4)]
         return data, fds
 
-    def serve(self):
-        """Answer requests until the agent goes; returns a Job in a forked child only."""
+    def serve(self, stages=None):
+        """Until the agent goes; returns a Job in a hook's process only."""
+        if stages is not None:
+            try:
+                return stages.serve()
+            except forkserver_stage.StagesFailed:
+                pass
+        return self.answer(self.fork)
+
+    def answer(self, spawn):
+        """Answer requests until the agent goes (None), or until `spawn`
+        returns the Job of a hook: in that hook's process."""
         while True:
             data, fds = self.receive()
             if not data:
                 return None
             request = marshal.loads(data)
-            if request[0] == "spawn":
-                job = self.spawn(request[1], fds)
+            if request[0] == "spawn":  # ("spawn", common spec (marshalled), (path, cmdline, comm, fd roles), next)
+                job = spawn(request, fds)
                 if job is not None:
                     return job
             elif request[0] == "stale":
                 changed = [name for name, stamp in self.stamps.items() if _stamp(sys.modules.get(name)) != stamp]
                 self.send(marshal.dumps(("stale", changed)))
 
-    def spawn(self, spec, fds):
-        given = dict(zip(spec["fds"], fds))
+    def forget_listings(self):
+        """Directory listings as a new process finds them: not cached. Done
+        here, before the fork, not in each child (which would copy the pages);
+        once is enough where the server imports nothing more (stages), as
+        only its own imports fill its finders' caches."""
+        for finder in list(sys.path_importer_cache.values()):
+            if finder is not None and hasattr(finder, "invalidate_caches"):
+                finder.invalidate_caches()
+
+    def spec(self, common, script):
+        """The spec of a hook: the chain's `common` part (marshalled), and the
+        script's path, command line and process name."""
+        if common != self._common[0]:
+            self._common = (common, marshal.loads(common))
+        spec = dict(self._common[1])
+        spec["path"], spec["cmdline"], spec["comm"] = script[:3]
+        return spec
+
+    def prepare(self, spec, common, fds, over=None):
+        """The hook set up in this process (a SetUp); None once answered that it is exec'd."""
         try:
-            code = self.code_for(spec["path"], spec["cwd"])
-        except (NotEligible, OSError) as why:
+            return self.set_up(spec, common, over)
+        except (NotEligible, OSError) as why:  # OSError: the agent's working directory is gone, say: exec says so too
             for fd in fds:
                 os.close(fd)
             self.send(marshal.dumps(("exec", str(why))))
             return None
-        # In this process, not in each child: what the child would copy if it did it.
-        for finder in list(sys.path_importer_cache.values()):  # directory listings as a new process finds them
-            if finder is not None and hasattr(finder, "invalidate_caches"):
-                finder.invalidate_caches()
+
+    def set_up(self, spec, common, over=None):
+        """What the hook inherits, set up in this process (`undo` it if unused),
+        over the SetUp `over` if one is still in place."""
+        code, identity, fresh = self.code_for(spec["path"], spec["cwd"])
+        token = forkserver_child.before_fork(
+            self.startup, spec, context=common != self.inherited, over=over.token if over is not None else None
+        )
+        self.inherited = common
+        return SetUp(spec, code, identity, fresh, token, forkserver_child.main_loader(code.co_filename))
+
+    def undo(self, setup):
+        forkserver_child.after_fork(self.startup, setup.token)
+
+    @staticmethod
+    def unchanged(setup):
+        """Whether the script is still the file that was compiled for `setup`."""
         try:
-            token = forkserver_child.before_fork(self.startup, spec)
-        except OSError as why:  # the agent's working directory is gone, say: exec says the same
-            for fd in fds:
-                os.close(fd)
-            self.send(marshal.dumps(("exec", str(why))))
+            return _identity(os.stat(setup.code.co_filename)) == setup.identity
+        except OSError:
+            return False
+
+    def job(self, setup, fds):
+        return forkserver_child.Job(
+            self.startup, setup.spec, setup.code, fds, self.modules, setup.token, setup.loader, self.added
+        )
+
+    def fork(self, request, fds):
+        """Fork the hook from this process (where there are no stages)."""
+        _, common, script, _ = request
+        given = dict(zip(script[3], fds))
+        spec = self.spec(common, script)
+        self.forget_listings()
+        prepared = self.prepare(spec, common, fds)
+        if prepared is None:
             return None
         gc.freeze()  # a collection in the child then leaves our objects (and their pages) alone
         try:
             pid, pidfd = fork_for_agent(given.get("cgroup", -1))
         except OSError as exc:
-            forkserver_child.after_fork(self.startup, token)
+            self.undo(prepared)
             for fd in fds:
                 os.close(fd)
             self.send(marshal.dumps(("error", exc.errno, exc.strerror)))
             return None
         if pid == 0:
             self.sock.detach()  # closed with every other fd: no object may close its number later
-            return forkserver_child.Job(self.startup, spec, code, given, self.modules, token)
+            return self.job(prepared, given)
         for fd in fds:  # before the answer: the agent reads the hook's stderr until every copy is closed
             os.close(fd)
         self.send(marshal.dumps(("started", pid)), [pidfd])
-        forkserver_child.after_fork(self.startup, token)
+        self.undo(prepared)
         os.close(pidfd)
         return None
 
     def code_for(self, path, cwd):
-        """The script compiled as the interpreter compiles a script it runs,
-        cached by file identity; NotEligible when exec's outcome could differ.
-        A relative path is the agent's: relative to its working directory."""
+        """The script compiled as the interpreter compiles a script it runs
+        (and whether it was just compiled), cached by file identity;
+        NotEligible when exec's outcome could differ. A relative path is
+        the agent's: relative to its working directory."""
         filename = path if path.startswith("/") else os.path.join(cwd, path)  # as __main__.__file__ is made
-        with open(filename, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            key = (filename, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            code = self.codes.get(key)
+        fd = os.open(filename, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        try:  # os-level calls: in a stage, each object made or touched is a page copied
+            identity = _identity(os.fstat(fd))
+            code = self.codes.get((filename, identity))
             if code is not None:
-                return code
-            source = handle.read()
+                return code, identity, False
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            source = b"".join(chunks)
+        finally:
+            os.close(fd)
         if b"PK\x05\x06" in source[-65558:]:
             raise NotEligible("a zip archive: the interpreter would run the __main__ inside")
         with warnings.catch_warnings(record=True) as caught:
@@ -220,11 +289,30 @@ class Server:
             raise NotEligible("compiling it warns")
         if len(self.codes) >= CODE_CACHE_SIZE:
             self.codes.clear()
-        self.codes[key] = code
-        return code
+        self.codes[filename, identity] = code
+        return code, identity, True
 
 
-def main():
+def _identity(st):
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class SetUp:
+    """A hook set up in this process, before the fork or clone that makes its process."""
+
+    __slots__ = ("spec", "code", "identity", "fresh", "token", "loader")
+
+    def __init__(self, spec, code, identity, fresh, token, loader):
+        self.spec = spec
+        self.code = code
+        self.identity = identity  # of the file compiled
+        self.fresh = fresh  # compiled now, not found in the cache
+        self.token = token  # forkserver_child.before_fork's, for after_fork
+        self.loader = loader  # of its __main__
+
+
+def start():
+    """Import, warm up and say hello: (the server, its stages or None), or None if refused."""
     fd = int(sys.argv[1])
     refused = preimport(sys.argv[2:])
     if not refused:
@@ -234,13 +322,23 @@ def main():
         refused = refused or "this kernel does not let a process show the command line exec would give (PR_SET_MM_MAP)"
     if not clone3_works():
         refused = refused or "no clone3 here (Linux 5.3, x86_64 or aarch64)"
+    spawn = forkserver_stage.load_spawn(os.path.dirname(os.path.abspath(__file__)))
     tops = {name.partition(".")[0] for name in sys.modules} - {name.partition(".")[0] for name in STARTUP_MODULES}
     server = Server(fd, startup)
-    server.send(marshal.dumps(("hello", refused, sorted(tops), sys.version)))
-    return None if refused else server.serve()
+    server.added = spawn.added if spawn is not None else None
+    stages = None
+    if not refused and forkserver_stage.stages_work(spawn, fork_for_agent):
+        stages = forkserver_stage.Stages(server, spawn)
+    server.send(marshal.dumps(("hello", refused, sorted(tops), sys.version, stages is not None)))
+    return None if refused else (server, stages)
 
 
 if __name__ == "__main__":
-    job = main()
+    # Module globals, never freed: a hook's process that dropped the last
+    # reference to the server would free (so copy the pages of) its caches.
+    job = None
+    started = start()
+    if started is not None:
+        job = started[0].serve(started[1])
     if job is not None:
-        job.run()  # never returns: the child leaves as its interpreter would
+        job.run()  # never returns: the hook's process leaves as its interpreter would

@@ -191,6 +191,7 @@ def run_chain(
     workdir = Path(tempfile.mkdtemp(prefix="vmhooks-", dir=config.work_dir))  # mode 0700
     path = workdir / ("payload.json" if point.payload is Payload.JSON else "payload.xml")
     devnull = -1
+    fast: FastSpawn | None = None
     try:
         # The scripts' stdout: one /dev/null for the chain, not an open and a close per script.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -200,11 +201,15 @@ def run_chain(
         env["_hook_json" if point.payload is Payload.JSON else "_hook_domxml"] = str(path)
         spawn: Spawn = exec_spawn
         if config.fast_path.enabled:
-            spawn = FastSpawn(point.name, config.fast_path, lambda: config.common_environment(base), exec_spawn)
+            chain = [str(script.path) for script in scripts]
+            spawn = fast = FastSpawn(point.name, config.fast_path, lambda: config.common_environment(base), exec_spawn,
+                                     chain)  # fmt: skip
         runs, output, rejected = _run_scripts(
             point, scripts, path, input_bytes, env, config, timeout, devnull, spawn, deadline
         )
     finally:
+        if fast is not None:
+            fast.close()
         if devnull >= 0:
             os.close(devnull)
         try:  # two syscalls in the usual case; rmtree when a hook left files behind
