@@ -499,3 +499,10 @@ def test_memory_hotplug_runs_its_before_point_then_reports_the_driver(agent, tra
     with pytest.raises(RpcError) as error:
         agent.call("VM.hotplugMemory", vmId=vm_id, xml="<disk/>")
     assert error.value.code == 3 and "takes a <memory> element" in str(error.value)
+
+
+def test_a_callers_self_chosen_name_cannot_forge_log_lines():
+    from vmhooks.api import MAX_CALLER_CHARS, printable
+
+    assert printable("host2\nvmhooks.agent INFO: destroy ok\x1b[2J") == "host2?vmhooks.agent INFO: destroy ok?[2J"
+    assert len(printable("x" * 10_000)) == MAX_CALLER_CHARS

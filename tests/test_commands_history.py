@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shlex
 import signal
@@ -38,6 +39,8 @@ def agent(tmp_path: Path, hooks_dir: Path, make_hook):
     if process.proc is not None and process.proc.poll() is None:
         process.stop()
 
+ME = f"uid {os.getuid()} ({pwd.getpwuid(os.getuid()).pw_name}) pid {os.getpid()}"  # as the agent saw the test
+
 
 def create(agent: AgentProcess, name: str, vm_id: str | None = None, **custom: str) -> str:
     vm_id = vm_id or str(uuid.uuid4())
@@ -57,7 +60,7 @@ def test_what_happened_to_a_vm_that_is_gone(agent: AgentProcess):
     assert [re.sub(r"^#\d+ \S+ \S+ ", "", line).split(" by ")[0] for line in ops] == [
         f"create VM web-1 ({vm_id})", f"pause VM web-1 ({vm_id})", f"destroy VM web-1 ({vm_id})"
     ]  # fmt: skip
-    assert "by local: FAILED: before_vm_pause: 50_guard failed (exit 2, chain stopped)" in ops[1]
+    assert f"by {ME}: FAILED: before_vm_pause: 50_guard failed (exit 2, chain stopped)" in ops[1]
     assert ops[1].endswith("; hooks: 1 run, 1 failed)") and ops[2].endswith("; hooks: 1 run, 1 failed)")
     # The failing scripts' stderr, and theirs only.
     assert f"      | pausing {vm_id} is forbidden" in lines
@@ -112,7 +115,7 @@ def test_with_the_agent_down_the_database_is_read_and_left_alone(agent: AgentPro
     before = snapshot(state)
     shown = vmhooks("history", "--state-dir", str(state), "--vm", "kept")
     assert shown.returncode == 0, shown.stderr
-    assert f"destroy VM kept ({vm_id}) by local: ok" in shown.stdout
+    assert f"destroy VM kept ({vm_id}) by {ME}: ok" in shown.stdout
     assert snapshot(state) == before  # nothing created, nothing changed
 
     # No agent at the socket: the config file's state dir is read instead.
@@ -179,6 +182,7 @@ def test_the_readme_sample_is_what_it_prints(tmp_path: Path, hooks_dir: Path, ma
         """Times, durations and ids vary from run to run; the rest must not."""
         text = re.sub(r"#\d+ \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "#N TIME", text)
         text = re.sub(r"\(\d+\.\d+ s;", "(S s;", text)
+        text = re.sub(r"by uid \d+ \(\S+\) pid \d+", "by CLIENT", text)
         text = re.sub(r"(ok|stopped-chain|error) +(\d+) +\d+\b", r"\1 \2 MS", text)
         return [" ".join(line.split()) for line in text.strip().splitlines()]
 

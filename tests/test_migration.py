@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import http.client
 import os
+import pwd
 import socket
 import ssl
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pytest
-from agentproc import AgentProcess, domain_xml, trace_hooks, traced
+from agentproc import AgentProcess, domain_xml, trace_hooks, traced, whole_history
 from realhost import free_port
 from tlsmaterial import make_tls_material
 
@@ -155,3 +157,17 @@ def test_listen_without_tls_is_refused(tmp_path, hooks_dir):
     agent = AgentProcess(tmp_path / "a", hooks_dir, "test:///default", "--listen", "127.0.0.1:1")
     with pytest.raises(RuntimeError, match="needs --tls-cert, --tls-key and --tls-ca"):
         agent.start()
+
+
+def test_history_names_the_peer_and_the_local_caller(hosts):
+    source, destination, _log = hosts
+    vm_id = str(uuid.uuid4())
+    source.agent.call("VM.create", xml=domain_xml("asked", vm_id))
+    with pytest.raises(RpcError):
+        source.agent.call("VM.migrate", vmId=vm_id, dst=destination.address)
+    me = f"uid {os.getuid()} ({pwd.getpwuid(os.getuid()).pw_name}) pid {os.getpid()}"
+    asked = {(o["operation"], o["caller"]) for o in whole_history(partial(source.agent.call, "Host.getHookHistory"), vmId=vm_id)}
+    assert {("create", me), ("migrate", me)} <= asked
+    received = whole_history(partial(destination.agent.call, "Host.getHookHistory"), vmId=vm_id)
+    assert received and {o["caller"] for o in received} == {"peer agent-src at 127.0.0.1"}
+    assert "by peer agent-src at 127.0.0.1" in destination.agent.log()

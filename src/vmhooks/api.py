@@ -9,14 +9,18 @@ import grp
 import json
 import logging
 import os
+import pwd
 import socket
 import socketserver
 import ssl
 import stat
+import struct
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from vmhooks.agent import DEVICE_OPERATIONS, Agent
+from vmhooks.agent.outcome import CALLER
 from vmhooks.config import AgentSettings, split_address
 from vmhooks.errors import UsageError
 from vmhooks.connections import Connection, Phase, ServerLimits
@@ -88,7 +92,11 @@ class RpcHandler(BoundedHandler):
         if self.path != "/rpc":
             self.respond(404, json_error(f"no such path {self.path!r}; POST to /rpc"))
             return
-        response = self.server.dispatcher.handle_body(self.body)
+        token = CALLER.set(self.server.caller_of(self.request, self.client_address))
+        try:
+            response = self.server.dispatcher.handle_body(self.body)
+        finally:
+            CALLER.reset(token)
         if response is None:  # only notifications
             self.respond(204, b"")
         else:
@@ -97,6 +105,20 @@ class RpcHandler(BoundedHandler):
 
 class RpcServer(BoundedServer):
     dispatcher: Dispatcher
+
+    def caller_of(self, sock: Any, address: Any) -> str:
+        """Who is on the other end, for the history and the log."""
+        raise NotImplementedError
+
+
+PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+MAX_CALLER_CHARS = 200
+
+
+def printable(text: str) -> str:
+    """A caller's self-chosen part (a user or certificate name), safe for
+    one log line: no control characters, bounded."""
+    return "".join(c if c.isprintable() else "?" for c in text[:MAX_CALLER_CHARS])
 
 
 class UnixHTTPServer(RpcServer, socketserver.UnixStreamServer):
@@ -118,6 +140,18 @@ class UnixHTTPServer(RpcServer, socketserver.UnixStreamServer):
                 raise UsageError(f"socket group {group!r} does not exist") from None
             os.chown(path, -1, gid)
             os.chmod(path, 0o660)
+
+    def caller_of(self, sock: Any, address: Any) -> str:
+        """The client's uid, user and pid as the kernel saw them at connect()."""
+        try:
+            pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+        except OSError:
+            return "unix socket"
+        try:
+            user = printable(pwd.getpwuid(uid).pw_name)
+        except KeyError:
+            return f"uid {uid} pid {pid}"
+        return f"uid {uid} ({user}) pid {pid}"
 
     def server_close(self) -> None:
         super().server_close()
@@ -177,6 +211,12 @@ class TlsHTTPServer(RpcServer, socketserver.TCPServer):
             log.warning("refused a connection from %s: %s", connection.peer[0], reason)
             return
         super().serve_connection(connection)
+
+    def caller_of(self, sock: Any, address: Any) -> str:
+        """The peer's certificate name (verified against --tls-ca) and address."""
+        names = [value for rdn in (sock.getpeercert() or {}).get("subject", ()) for key, value in rdn
+                 if key == "commonName"]  # fmt: skip
+        return f"peer {printable(names[0]) if names else '(no common name)'} at {address[0]}"
 
 
 def server_tls_context(settings: AgentSettings) -> ssl.SSLContext:
