@@ -1,28 +1,30 @@
 """The catalogue of ready hooks (one folder each beside this module) and
-the code that installs them: see `_manage` and docs/catalogue.md."""
+the code that reads them (`_manifest`) and installs them (`_manage`): see docs/catalogue.md."""
 from __future__ import annotations
 
 from vmhooks.catalogue._manage import (
-    CATALOGUE_DIR,
     RECORD_DIR_NAME,
     Action,
+    FileAction,
+    InstalledHook,
+    install,
+    installed,
+    installed_property_rules,
+    record_dir,
+    uninstall,
+    user_defined_form,
+)
+from vmhooks.catalogue._manifest import (
+    CATALOGUE_DIR,
     CatalogueError,
     CatalogueHook,
-    FileAction,
     HookScript,
-    InstalledHook,
     PropertyDecl,
     Scope,
     available,
     catalogue_names,
     get_hook,
-    install,
-    installed,
-    installed_property_rules,
     load_manifest,
-    record_dir,
-    uninstall,
-    user_defined_form,
 )
 
 __all__ = [
