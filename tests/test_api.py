@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import socket
 import stat
 import threading
@@ -14,7 +15,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from agentproc import AgentProcess, domain_xml, hook_runs, trace_hooks, traced, whole_history
+from agentproc import VMHOOKS, AgentProcess, domain_xml, hook_runs, trace_hooks, traced, whole_history
 
 from vmhooks.client import RpcError
 from vmhooks.points import POINTS
@@ -506,3 +507,33 @@ def test_a_callers_self_chosen_name_cannot_forge_log_lines():
 
     assert printable("host2\nvmhooks.agent INFO: destroy ok\x1b[2J") == "host2?vmhooks.agent INFO: destroy ok?[2J"
     assert len(printable("x" * 10_000)) == MAX_CALLER_CHARS
+
+
+def test_a_hook_may_act_on_the_vm_whose_operation_runs_it(tmp_path, hooks_dir, make_hook):
+    """VDSM's openstacknet resumes a VM started paused from its after_vm_start
+    hook, with vdsm.client: the call must not wait for the create that waits
+    for the hook (until the hook's timeout, leaving the VM paused)."""
+    make_hook("after_vm_start", "50_resume", """
+        import os
+        from vdsm import client
+
+        cli = client.connect("localhost", use_tls=False)
+        print(cli.VM.cont(vmID=os.environ["vmId"])["status"], file=__import__("sys").stderr)
+    """, lang="python")
+    make_hook("after_vm_cont", "50_pause_again", f"{shlex.join(VMHOOKS)} vm pause \"$vmId\" >&2")  # the CLI, in a hook
+    agent = AgentProcess(tmp_path / "agent", hooks_dir, "test:///default", "--hook-timeout", "20").start()
+    try:
+        started = time.monotonic()
+        vm_id = new_vm(agent, launchPaused=True)
+        took = time.monotonic() - started
+        runs = {r["script"]: r for r in hook_runs(agent.call("Host.getHookHistory", vmId=vm_id))}
+        assert runs["50_resume"]["status"] == "ok", runs["50_resume"]
+        assert runs["50_pause_again"]["status"] == "ok", runs["50_pause_again"]
+        assert took < 20, "the hook's call waited for the hook's own operation"
+        assert agent.call("VM.list")[0]["status"] == "paused"  # create, then cont, then the nested pause
+        operations = [o["operation"] for o in whole_history(partial(agent.call, "Host.getHookHistory"), vmId=vm_id)]
+        assert operations == ["create", "cont", "pause"]
+        # Once the chain is over, the hooks' token is worth nothing: a late call waits its turn.
+        assert agent.call("VM.cont", vmId=vm_id)["status"] == "up"
+    finally:
+        assert agent.stop() == 0, agent.log()

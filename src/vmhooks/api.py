@@ -21,7 +21,9 @@ from typing import Any
 
 from vmhooks.agent import DEVICE_OPERATIONS, Agent
 from vmhooks.agent.outcome import CALLER
+from vmhooks.agent.registry import OFFERED_TOKEN
 from vmhooks.config import AgentSettings, split_address
+from vmhooks.environment import LOCK_TOKEN_HEADER
 from vmhooks.errors import UsageError
 from vmhooks.connections import Connection, Phase, ServerLimits
 from vmhooks.httpserver import BoundedHandler, BoundedServer, json_error, limits_of
@@ -92,11 +94,13 @@ class RpcHandler(BoundedHandler):
         if self.path != "/rpc":
             self.respond(404, json_error(f"no such path {self.path!r}; POST to /rpc"))
             return
-        token = CALLER.set(self.server.caller_of(self.request, self.client_address))
+        caller = CALLER.set(self.server.caller_of(self.request, self.client_address))
+        offered = OFFERED_TOKEN.set(self.headers.get(LOCK_TOKEN_HEADER) if self.server.lends_locks else None)
         try:
             response = self.server.dispatcher.handle_body(self.body)
         finally:
-            CALLER.reset(token)
+            OFFERED_TOKEN.reset(offered)
+            CALLER.reset(caller)
         if response is None:  # only notifications
             self.respond(204, b"")
         else:
@@ -105,6 +109,7 @@ class RpcHandler(BoundedHandler):
 
 class RpcServer(BoundedServer):
     dispatcher: Dispatcher
+    lends_locks = False  # whether a hook's lock token is heard (local hooks only)
 
     def caller_of(self, sock: Any, address: Any) -> str:
         """Who is on the other end, for the history and the log."""
@@ -122,6 +127,8 @@ def printable(text: str) -> str:
 
 
 class UnixHTTPServer(RpcServer, socketserver.UnixStreamServer):
+    lends_locks = True
+
     def __init__(self, path: Path, dispatcher: Dispatcher, limits: ServerLimits, group: str | None = None) -> None:
         self.dispatcher = dispatcher
         self.path = path

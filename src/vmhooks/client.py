@@ -4,12 +4,14 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import os
 import socket
 import ssl
 from pathlib import Path
 from typing import Any
 
 from vmhooks.config import split_address
+from vmhooks.environment import LOCK_TOKEN_HEADER, LOCK_TOKEN_VARIABLE
 from vmhooks.errors import VmhooksError
 
 DEFAULT_TIMEOUT = 900.0  # an operation may run several hook chains with timeouts
@@ -82,10 +84,14 @@ class Client:
     def call(self, method: str, **params: Any) -> Any:
         request = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
         body = json.dumps(request).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        token = os.environ.get(LOCK_TOKEN_VARIABLE) if self.socket_path is not None else None
+        if token:  # run by a hook: it may act on the VM whose operation runs it
+            headers[LOCK_TOKEN_HEADER] = token
         connection = self._connection()
         try:
             try:
-                connection.request("POST", "/rpc", body, {"Content-Type": "application/json"})
+                connection.request("POST", "/rpc", body, headers)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # an agent at its connection cap answers 503 and closes before reading: read that
             response = connection.getresponse()

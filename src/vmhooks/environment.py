@@ -23,6 +23,11 @@ class ReservedNames(NamedTuple):
     prefixes: tuple[str, ...] = ()
 
 
+# A hook shows this token (with vmhooks.client or vdsm.client, as the
+# X-Vmhooks-Lock-Token header) to act on the VM whose operation runs it.
+LOCK_TOKEN_VARIABLE = "VMHOOKS_LOCK_TOKEN"
+LOCK_TOKEN_HEADER = "X-Vmhooks-Lock-Token"
+
 # The one list of refused names (README "Security" shows it with the reasons).
 RESERVED = (
     ReservedNames(

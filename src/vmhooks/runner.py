@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vmhooks import discovery, properties, validation
-from vmhooks.environment import build_environment, validated
+from vmhooks.environment import LOCK_TOKEN_VARIABLE, build_environment, validated
 from vmhooks.execution import Limits, Outcome, Spawn, exec_spawn, execute
 from vmhooks.forkserver import FastPathSettings, FastSpawn
 from vmhooks.errors import HookError
@@ -162,6 +162,7 @@ def run_chain(
     vm_id: str | None = None,
     timeout: float | None = None,
     deadline: float | None = None,
+    lock_token: str | None = None,
 ) -> ChainResult:
     """Run every script of `point_name` over `payload` and return what happened.
 
@@ -170,6 +171,8 @@ def run_chain(
     HookError where the point aborts its operation). `deadline` (a
     `time.monotonic()` value) bounds the whole chain, for callers that must
     answer in time: each script's timeout is cut to what is left.
+    `lock_token`: what the hooks show (VMHOOKS_LOCK_TOKEN) to act on the VM
+    whose lock the caller holds and lends them (agent.registry).
     """
     point = get_point(point_name)
     params, custom = validated(params, "param"), validated(custom, "custom property")
@@ -182,6 +185,8 @@ def run_chain(
     base = os.environ if config.base_env is None else config.base_env
     env = build_environment(base, params, custom, vm_id, config.hooks_pythonpath)
     env.update(config.hook_settings())
+    if lock_token is not None:
+        env[LOCK_TOKEN_VARIABLE] = lock_token
     input_bytes = encode_payload(point, payload)
     if not config.allow_unsafe:
         refused = _refuse_unsafe(scripts)

@@ -51,7 +51,7 @@ class AgentContext:
         self.registry = Registry(self.store)
         self.recorder = Recorder(self.store, settings)
         self.operation = self.recorder.operation
-        self.hooks = HookCalls(settings, self.recorder, self.payload_dir)
+        self.hooks = HookCalls(settings, self.recorder, self.payload_dir, self.registry.lend)
         self._conn: libvirt.virConnect | None = None
         self.samples = Samples()  # for the rates in VM and host stats
         self.started = time.time()

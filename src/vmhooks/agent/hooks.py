@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ log = logging.getLogger("vmhooks.agent")
 
 
 class HookCalls:
-    def __init__(self, settings: AgentSettings, recorder: Recorder, payload_dir: Path) -> None:
+    def __init__(self, settings: AgentSettings, recorder: Recorder, payload_dir: Path,
+                 lend: Callable[[str | None], AbstractContextManager[str | None]]) -> None:  # fmt: skip
         self.settings = settings
+        self.lend = lend  # Registry.lend: the VM lock's token for the chain's hooks
         self.recorder = recorder
         self.payload_dir = payload_dir
         self._base_env = dict(os.environ)  # one snapshot: copying os.environ per chain costs
@@ -81,7 +84,10 @@ class HookCalls:
     ) -> ChainResult:
         """One chain, recorded in the history as part of the operation that
         runs it; raises HookError where it aborts."""
-        result = run_chain(point, payload, self.runner_config(), params=params, custom=custom, vm_id=vm_id)
+        with self.lend(vm_id) as token:
+            result = run_chain(
+                point, payload, self.runner_config(), params=params, custom=custom, vm_id=vm_id, lock_token=token
+            )
         self.recorder.chain(operation, vm_id, result)  # never raises: a full disk aborts nothing
         if result.failed:
             log.warning("%s", result.error_message())

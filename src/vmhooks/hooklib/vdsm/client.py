@@ -142,7 +142,7 @@ class _Client:
         connection.sock = sock
         try:
             sock.connect(self._socket_path)
-            connection.request("POST", "/rpc", body.encode("utf-8"), {"Content-Type": "application/json"})
+            connection.request("POST", "/rpc", body.encode("utf-8"), _headers())
             data = connection.getresponse().read()
         except socket.timeout:
             raise TimeoutError(method, shown, timeout) from None
@@ -165,6 +165,19 @@ class _Client:
     def flow(self, flow_id: str) -> _Flow:
         """`with cli.flow(id):` names the calls inside (VDSM logs it; kept for its callers)."""
         return _Flow(self, flow_id)
+
+
+def _headers() -> dict[str, str]:
+    """A hook shows the token of the operation that runs it, so that acting
+    on that operation's VM does not wait for the operation to end (which
+    waits for the hook)."""
+    import os
+
+    headers = {"Content-Type": "application/json"}
+    token = os.environ.get("VMHOOKS_LOCK_TOKEN")
+    if token:
+        headers["X-Vmhooks-Lock-Token"] = token
+    return headers
 
 
 class _Flow:
