@@ -1,6 +1,7 @@
 """`vmhooks ui`: the console's URL with its token."""
 from __future__ import annotations
 
+import stat
 import webbrowser
 
 import pytest
@@ -37,7 +38,22 @@ def test_opens_a_browser_only_where_there_is_a_display(tmp_path, capsys, monkeyp
     assert main(["ui", "--run-dir", str(tmp_path), "--no-browser"]) == 0
     assert no_browser_allowed == []
     assert main(["ui", "--run-dir", str(tmp_path)]) == 0
-    assert no_browser_allowed == ["http://[::1]:9000/?token=t"]
+    assert no_browser_allowed == [(tmp_path / auth.LAUNCHER_FILE).as_uri()]  # never the token: ps shows it
+
+
+def test_the_browser_gets_the_token_from_a_private_page(tmp_path):
+    auth.publish(tmp_path, "s3cr3t", "[::1]:9000")
+    launcher = tmp_path / auth.LAUNCHER_FILE
+    assert stat.S_IMODE(launcher.stat().st_mode) == 0o600
+    page = launcher.read_text()
+    assert 'content="0; url=http://[::1]:9000/?token=s3cr3t"' in page and 'content="no-referrer"' in page
+    auth.withdraw(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_launcher_page_cannot_be_broken_out_of():
+    page = auth.launcher_page(auth.console_url('x"><script>', "127.0.0.1:1"))
+    assert "<script>" not in page and "&quot;&gt;&lt;script&gt;" in page
 
 
 def test_run_dir_from_the_config_file(tmp_path, capsys, monkeypatch):

@@ -71,10 +71,11 @@ def test_published_files_are_private_and_read_back(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     auth.publish(run_dir, TOKEN, "127.0.0.1:8080")
-    for name in (auth.TOKEN_FILE, auth.ADDRESS_FILE):
+    published = sorted([auth.TOKEN_FILE, auth.ADDRESS_FILE, auth.LAUNCHER_FILE])
+    for name in published:
         assert stat.S_IMODE(os.stat(run_dir / name).st_mode) == 0o600
     assert auth.read_published(run_dir) == (TOKEN, "127.0.0.1:8080")
-    assert sorted(os.listdir(run_dir)) == [auth.ADDRESS_FILE, auth.TOKEN_FILE]  # no temporary left behind
+    assert sorted(os.listdir(run_dir)) == published  # no temporary left behind
     auth.publish(run_dir, "second", "127.0.0.1:9090")  # a restart replaces them
     assert auth.read_published(run_dir) == ("second", "127.0.0.1:9090")
     auth.withdraw(run_dir)

@@ -1,5 +1,5 @@
-"""`vmhooks ui`: the web console's URL with its token, opened in a browser
-where there is one (a desktop session), printed in any case."""
+"""`vmhooks ui`: the web console's URL with its token, printed, and opened
+in a browser where there is one (a desktop session)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vmhooks.config import DEFAULT_CONFIG_FILE, default_socket, load_settings_file
-from vmhooks.web.auth import read_published
+from vmhooks.web.auth import LAUNCHER_FILE, console_url, read_published
 
 
 def register(subparsers: Any) -> None:
@@ -38,12 +38,19 @@ def run_dir(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    token, address = read_published(run_dir(args))
-    url = f"http://{address}/?token={token}"
-    print(url)
+    directory = run_dir(args)
+    token, address = read_published(directory)
+    print(console_url(token, address))
     if not args.no_browser and _has_display():
+        # The browser gets the agent's launcher page, which carries the token
+        # inside a 0600 file: a URL with it would be on the browser's command
+        # line, for any local user to read with ps.
+        launcher = directory / LAUNCHER_FILE
+        if not launcher.is_file():  # an agent older than the launcher page
+            print(f"vmhooks: no {launcher}: open the URL above", file=sys.stderr)
+            return 0
         try:
-            webbrowser.get().open(url)
+            webbrowser.get().open(launcher.absolute().as_uri())
         except webbrowser.Error:
             print("vmhooks: no browser found: open the URL above", file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import html
 import os
 import secrets
 from pathlib import Path
@@ -17,6 +18,9 @@ from vmhooks.errors import UsageError
 
 TOKEN_FILE = "http-token"
 ADDRESS_FILE = "http-address"  # where the console listens: for `vmhooks ui`
+# A page that sends the browser on to the console with the token: `vmhooks ui`
+# opens this file, so the token never shows on a browser's command line (ps).
+LAUNCHER_FILE = "http-console.html"
 
 
 class Headers(Protocol):
@@ -101,13 +105,27 @@ def write_private(path: Path, text: str) -> None:
         raise
 
 
+def console_url(token: str, address: str) -> str:
+    return f"http://{address}/?token={token}"
+
+
+def launcher_page(url: str) -> str:
+    link = html.escape(url, quote=True)
+    return (
+        '<!doctype html><meta charset="utf-8"><meta name="referrer" content="no-referrer">'
+        f'<meta http-equiv="refresh" content="0; url={link}"><title>vmhooks console</title>'
+        f'<a href="{link}">Open the vmhooks console</a>'
+    )
+
+
 def publish(run_dir: Path, token: str, address: str) -> None:
     write_private(run_dir / TOKEN_FILE, token)
     write_private(run_dir / ADDRESS_FILE, address)
+    write_private(run_dir / LAUNCHER_FILE, launcher_page(console_url(token, address)))
 
 
 def withdraw(run_dir: Path) -> None:
-    for name in (TOKEN_FILE, ADDRESS_FILE):
+    for name in (TOKEN_FILE, ADDRESS_FILE, LAUNCHER_FILE):
         (run_dir / name).unlink(missing_ok=True)
 
 
