@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 from agentproc import AgentProcess, domain_xml, trace_hooks, traced, wait_for
+from conftest import process_dead
 from realhost import free_port
 from tlsmaterial import make_tls_material
 
 from vmhooks.client import AgentUnreachable, RpcError
+from vmhooks.history import Filters
+from vmhooks.store import Store
 
 LIST = b'{"jsonrpc": "2.0", "method": "VM.list", "id": 1}'
 
@@ -360,6 +363,36 @@ def test_sigterm_closes_idle_connections_and_lets_requests_in_flight_finish(tmp_
     assert isinstance(slow.outcome[0], dict) and slow.outcome[0]["status"] == "paused"
     assert traced(slow.trace_log) == ["after_vdsm_stop"]
     assert not slow.agent.socket.exists()
+
+
+def test_after_the_grace_the_hooks_of_operations_in_flight_are_killed_and_nothing_is_half_done(
+    tmp_path, hooks_dir, make_hook, marks
+):
+    hook = f"setsid sleep 61 & echo $! > {marks}/child\necho $$ > {marks}/pid; exec sleep 60"
+    slow = SlowPause(tmp_path, hooks_dir, make_hook, marks, hook, grace="1")
+    in_flight = slow.pause_in_background()
+    wait_for(lambda: (marks / "pid").exists() and (marks / "child").exists())
+    hook_pid, child_pid = int((marks / "pid").read_text()), int((marks / "child").read_text())
+    slow.proc.send_signal(signal.SIGTERM)
+    assert slow.proc.wait(timeout=20) == 0
+    in_flight.join(timeout=5)
+    try:
+        assert process_dead(hook_pid, within=0) and process_dead(child_pid, within=0), "a hook outlived the agent"
+        assert "still running after their hooks were killed" not in slow.agent.log()
+        state = Store.open_read_only(slow.agent.state_dir / "vmhooks.db")
+        try:  # the pause was refused by its killed hook, not half done, and its record is finished
+            assert [vm.status for vm in state.vms()] == ["up"]
+            page = state.history(Filters(vm_id=slow.vm_id))
+        finally:
+            state.close()
+        pause = next(o for o in page["operations"] if o["operation"] == "pause")
+        assert pause["error_kind"] == "hook_error" and "the agent is stopping" in pause["result"]
+        run = pause["chains"][0]["runs"][0]
+        assert run["status"] == "timeout" and run["note"] == "killed with every process it started: the agent is stopping"
+    finally:
+        for pid in (hook_pid, child_pid):
+            if not process_dead(pid, within=0):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_sigterm_waits_no_longer_than_the_grace(tmp_path, hooks_dir, make_hook, marks):

@@ -9,6 +9,7 @@ import signal
 import stat
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from conftest import NOBODY, LinkedRoot, process_dead
 
 from vmhooks.environment import HOOKLIB_DIR
 from vmhooks.errors import HookError, InvalidEnvironmentError, UnknownPointError
+from vmhooks.execution import Cutoff
 from vmhooks.properties import parse_user_defined
 from vmhooks.runner import ChainResult, RunnerConfig, Status, run_chain
 
@@ -633,6 +635,31 @@ def test_no_script_starts_after_the_deadline(make_hook: MakeHook, config: Callab
     assert not (marks / "ran").exists()
     assert [(run.name, run.status, run.rc) for run in result.scripts] == [("10_touch", Status.TIMEOUT, None)]
     assert "deadline" in result.error_message()
+
+
+def test_a_cutoff_kills_the_running_script_and_everything_it_started(
+    make_hook: MakeHook, config: Callable[..., RunnerConfig], marks: Path
+) -> None:
+    make_hook("before_vm_start", "10_slow", f"setsid sleep 100 & echo $! > {marks}/child\nexec sleep 100\n")
+    make_hook("before_vm_start", "20_never", f"touch {marks}/ran\n")
+    cutoff = Cutoff()
+    try:
+        threading.Timer(0.5, cutoff.fire, ("the agent is stopping",)).start()
+        started = time.monotonic()
+        result = run_chain("before_vm_start", "<domain/>", config(timeout=60, kill_grace=0.2, cutoff=cutoff))
+        assert time.monotonic() - started < 5
+        runs = by_name(result)
+        assert runs["10_slow"].status is Status.TIMEOUT
+        assert runs["10_slow"].note == "killed with every process it started: the agent is stopping"
+        assert "20_never" not in runs and not (marks / "ran").exists()
+        assert process_dead(int((marks / "child").read_text()))
+        assert result.aborts_operation and "the agent is stopping" in result.error_message()
+        later = run_chain("before_vm_start", "<domain/>", config(cutoff=cutoff))  # a chain on a fired cutoff
+        assert [(r.name, r.status, r.note) for r in later.scripts] == [
+            ("10_slow", Status.TIMEOUT, "not started: the agent is stopping")
+        ]
+    finally:
+        cutoff.close()
 
 
 def test_timeout_for_lookup(hooks_dir: Path) -> None:

@@ -32,6 +32,35 @@ class Outcome(NamedTuple):
     stderr: str
     exec_error: str = ""
     fast_path: bool = False  # forked from a warm interpreter rather than exec'd
+    cut: str = ""  # why it was killed before its timeout (a Cutoff's reason), if it was
+
+
+class Cutoff:
+    """Ends, before their timeouts, the hooks of every chain that shares it:
+    the agent stopping kills the hooks of the operations still in flight, as
+    a timeout would. One pipe, readable once fired, in each waiting poll()."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.reason = ""
+
+    @property
+    def fd(self) -> int:
+        return self._read
+
+    @property
+    def fired(self) -> bool:
+        return bool(self.reason)
+
+    def fire(self, reason: str) -> None:
+        if not self.reason:
+            self.reason = reason
+            os.write(self._write, b"!")
+
+    def close(self) -> None:
+        """Only once no chain can be waiting on it any more."""
+        for fd in (self._read, self._write):
+            os.close(fd)
 
 
 class Child(Protocol):
@@ -128,10 +157,11 @@ def execute(
     limits: Limits,
     stdout: int = subprocess.DEVNULL,
     spawn: Spawn = exec_spawn,
+    cutoff: Cutoff | None = None,
 ) -> Outcome:
     """Run one script and wait for it: until it exits and its stderr closes,
-    at most `limits.seconds`, then at most `drain_timeout` more for pipes
-    that its background children still hold."""
+    at most `limits.seconds` (or until `cutoff` fires), then at most
+    `drain_timeout` more for pipes that its background children still hold."""
     cell = containment.current().new_cell()
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
@@ -142,17 +172,20 @@ def execute(
         finally:
             os.close(write_end)
         try:
-            stderr, timed_out = _wait(child, read_end, limits, cell)
+            stderr, timed_out = _wait(child, read_end, limits, cell, cutoff)
             rc = child.reap()
         finally:
             child.close()
     finally:
         os.close(read_end)
         cell.release()
-    return Outcome(rc, timed_out, stderr.text(), "", child.fast_path)
+    cut = cutoff.reason if timed_out and cutoff is not None and cutoff.fired else ""
+    return Outcome(rc, timed_out, stderr.text(), "", child.fast_path, cut)
 
 
-def _wait(child: Child, stderr_fd: int, limits: Limits, cell: containment.Cell) -> tuple[CappedBuffer, bool]:
+def _wait(
+    child: Child, stderr_fd: int, limits: Limits, cell: containment.Cell, cutoff: Cutoff | None = None
+) -> tuple[CappedBuffer, bool]:
     stderr = CappedBuffer(limits.stderr_cap)
     deadline = time.monotonic() + limits.seconds
     # poll(2), not a selectors.DefaultSelector: no epoll instance to create,
@@ -161,6 +194,8 @@ def _wait(child: Child, stderr_fd: int, limits: Limits, cell: containment.Cell) 
     poller.register(stderr_fd, select.POLLIN)
     if child.exit_fd is not None:
         poller.register(child.exit_fd, select.POLLIN)
+    if cutoff is not None:
+        poller.register(cutoff.fd, select.POLLIN)
     stderr_open = True
     exited_at: float | None = None
     while True:
@@ -169,13 +204,16 @@ def _wait(child: Child, stderr_fd: int, limits: Limits, cell: containment.Cell) 
             exited_at = now
         if exited_at is not None and (not stderr_open or now >= exited_at + limits.drain_timeout):
             return stderr, False
-        if exited_at is None and now >= deadline:
+        if exited_at is None and (now >= deadline or (cutoff is not None and cutoff.fired)):
             _kill(child, cell, limits.kill_grace)
             return stderr, True
         limit = (exited_at + limits.drain_timeout) if exited_at is not None else deadline
         wait = limit - now if child.exit_fd is not None else min(limit - now, 0.05)
         # poll() takes milliseconds in a C int: cap one wait, the loop goes on.
         for fd, _ in poller.poll(min(max(wait, 0.0), 3600.0) * 1000.0):
+            if cutoff is not None and fd == cutoff.fd:
+                poller.unregister(fd)  # stays readable: `fired` says so from now on
+                continue
             if fd == child.exit_fd:
                 poller.unregister(fd)
                 exited_at = time.monotonic()

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from vmhooks import discovery, properties, validation
 from vmhooks.environment import LOCK_TOKEN_VARIABLE, build_environment, validated
-from vmhooks.execution import Limits, Outcome, Spawn, exec_spawn, execute
+from vmhooks.execution import Cutoff, Limits, Outcome, Spawn, exec_spawn, execute
 from vmhooks.forkserver import FastPathSettings, FastSpawn
 from vmhooks.errors import HookError
 from vmhooks.points import HookPoint, Payload, get_point
@@ -62,6 +62,7 @@ class RunnerConfig(NamedTuple):
     libvirt_uri: str | None = None  # the agent's, for vdsm.common.libvirtconnection in hooks
     agent_socket: Path | None = None  # the agent's API, for vdsm.client in hooks
     fast_path: FastPathSettings = FastPathSettings()  # Python hooks forked from a warm interpreter
+    cutoff: Cutoff | None = None  # fired: running scripts are killed and later ones not started
 
     def hook_settings(self) -> dict[str, str]:
         """What hooks learn about the agent that runs them (VMHOOKS_* names
@@ -248,6 +249,10 @@ def _run_scripts(
     original = current
     for script in scripts:
         seconds = config.timeout_for(point.name, script.name, timeout)
+        if config.cutoff is not None and config.cutoff.fired:
+            note = f"not started: {config.cutoff.reason}"
+            runs.append(ScriptRun(script.name, Status.TIMEOUT, None, 0.0, "", False, "", note))
+            break
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:  # the caller's time is up: later scripts do not start
@@ -257,7 +262,7 @@ def _run_scripts(
             seconds = min(seconds, left)
         started = time.monotonic()
         limits = Limits(seconds, config.kill_grace, config.drain_timeout, config.stderr_cap)
-        outcome = execute(str(script.path), env, limits, stdout, spawn)
+        outcome = execute(str(script.path), env, limits, stdout, spawn, config.cutoff)
         duration = time.monotonic() - started
         after, read_problem = _read_payload(path)
         status, note = _classify(outcome, seconds)
@@ -294,6 +299,8 @@ def _refuse_unsafe(scripts: list[discovery.Script]) -> tuple[ScriptRun, ...]:
 
 
 def _classify(outcome: Outcome, seconds: float) -> tuple[Status, str]:
+    if outcome.cut:
+        return Status.TIMEOUT, f"killed with every process it started: {outcome.cut}"
     if outcome.timed_out:
         return Status.TIMEOUT, f"timed out after {seconds:g}s, killed with every process it started"
     rc = outcome.rc

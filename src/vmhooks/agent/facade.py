@@ -19,6 +19,10 @@ from vmhooks.errors import UsageError
 
 log = logging.getLogger("vmhooks.agent")
 
+# Seconds the operations still in flight at stop have to end once their hooks
+# are killed (SIGTERM, then SIGKILL after the runner's kill_grace).
+STOP_WAIT = 10.0
+
 # The API's parameter names are VDSM's (vmId, deviceCustom...).
 # ruff: noqa: N802, N803
 
@@ -56,8 +60,15 @@ class Agent:
         events.recover(ctx)
 
     def stop(self) -> None:
-        """After the API stopped serving: run after_vdsm_stop, release everything."""
+        """After the API stopped serving: end the operations still in flight
+        (their requests had the shutdown grace already), run after_vdsm_stop,
+        release everything."""
         ctx = self.context
+        fired = ctx.hooks.cut_off("the agent is stopping")
+        running = ctx.recorder.wait_idle(STOP_WAIT)
+        if running:
+            log.warning("stopping with %s still running after their hooks were killed: the next start reconciles "
+                        "their VMs with libvirt", ", ".join(sorted(_described(op) for op in running)))  # fmt: skip
         self.events.close()
         ctx.disconnect()
         with self._operation("stop", caller="agent"):
@@ -66,6 +77,9 @@ class Agent:
             log.error("the records of VMs %s on disk are out of date: the next start reconciles them with libvirt",
                       ", ".join(ctx.registry.unsaved()))  # fmt: skip
         ctx.store.close()
+        if not running:  # else a thread may still wait on them: the process ends soon anyway
+            fired.close()
+            ctx.hooks.cutoff.close()
 
     # -- operations ------------------------------------------------------------
 
@@ -190,3 +204,7 @@ def _vm_key(vm_id: object) -> str | None:
         return domxml.normalise_uuid(vm_id) if vm_id is not None else None
     except UsageError:
         return None
+
+
+def _described(operation: Operation) -> str:
+    return f"{operation.name} of VM {operation.vm_id}" if operation.vm_id else operation.name

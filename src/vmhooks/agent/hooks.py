@@ -13,6 +13,7 @@ from vmhooks import environment, properties
 from vmhooks.agent.outcome import Recorder
 from vmhooks.catalogue import RECORD_DIR_NAME, installed_property_rules
 from vmhooks.config import AgentSettings
+from vmhooks.execution import Cutoff
 from vmhooks.forkserver import FastPathSettings
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain
 from vmhooks.store import VmRecord
@@ -28,6 +29,7 @@ class HookCalls:
         self.recorder = recorder
         self.payload_dir = payload_dir
         self._base_env = dict(os.environ)  # one snapshot: copying os.environ per chain costs
+        self.cutoff = Cutoff()  # fired at stop: ends the hooks of the operations still in flight
         self._rules_cache: tuple[int | None, properties.PropertyRules | None] | None = None
         self.property_rules()  # a bad --properties spec fails the start, not the first VM
 
@@ -46,7 +48,16 @@ class HookCalls:
             libvirt_uri=settings.libvirt_uri,
             agent_socket=settings.socket_path,
             fast_path=FastPathSettings(settings.fast_path, settings.fast_path_exclude, settings.fast_path_interpreters),
+            cutoff=self.cutoff,
         )
+
+    def cut_off(self, reason: str) -> Cutoff:
+        """Kill the hooks of the chains running now, as a timeout would, and
+        start no later script of theirs; chains started from now on run as
+        usual (after_vdsm_stop). The fired cutoff, to close once they ended."""
+        fired, self.cutoff = self.cutoff, Cutoff()
+        fired.fire(reason)
+        return fired
 
     def property_rules(self) -> properties.PropertyRules | None:
         """Installed hooks' and the admin's rules, re-read only when an

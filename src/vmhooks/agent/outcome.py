@@ -108,6 +108,8 @@ class Recorder:
         self.started = time.time()
         self._lock = threading.Lock()
         self._maintaining = threading.Lock()
+        self._in_flight: set[Operation] = set()
+        self._idle = threading.Condition(threading.Lock())
         self._writes = 0
         self._bytes = 0
         self._failure_logged = 0.0
@@ -137,6 +139,8 @@ class Recorder:
             return
         operation = Operation(name, vm_id, vm_name, caller or CALLER.get(), polled, reason)
         token = _CURRENT.set(operation)
+        with self._idle:
+            self._in_flight.add(operation)
         try:
             if not polled:
                 self._begin(operation)
@@ -150,6 +154,18 @@ class Recorder:
             self._finish(operation, None)
         finally:
             _CURRENT.reset(token)
+            with self._idle:
+                self._in_flight.discard(operation)
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> list[Operation]:
+        """Wait up to `timeout` seconds for the operations in flight to end;
+        those still running then."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._in_flight and (left := deadline - time.monotonic()) > 0:
+                self._idle.wait(left)
+            return list(self._in_flight)
 
     def chain(self, operation: str, vm_id: str | None, result: ChainResult) -> None:
         """A chain HookCalls ran, as part of the current operation. A chain
