@@ -113,11 +113,14 @@ def test_hooks_get_vmid_and_properties_and_every_chain_is_recorded(
     sidecar.define_domain(DOMAIN_XML, VMI_JSON, later())
     assert (marks / "vm").read_text() == f"{UID} 0-1 \n"  # the VM's properties, not the device's
     assert (marks / "dev").read_text() == f"{UID} ovs-net \n"
-    history = hook_runs(sidecar.store.history(Filters(vm_id=UID)))
+    page = sidecar.store.history(Filters(vm_id=UID))
+    history = hook_runs(page)
     assert [(row["operation"], row["point"], row["script"]) for row in history] == [
         ("OnDefineDomain", "before_device_create", "10_env"),
         ("OnDefineDomain", "before_vm_start", "10_env"),
     ]
+    # named as `vmhooks history --vm` finds it, and who asked
+    assert {(o["vm_name"], o["caller"]) for o in page["operations"]} == {("default/fedora-hooks", "kubevirt virt-launcher")}
 
 
 def test_failing_hook_names_the_script_and_its_stderr(

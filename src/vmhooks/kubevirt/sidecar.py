@@ -205,11 +205,14 @@ class Sidecar:
         self, call: str, point: str, payload: Any, vmi: Vmi, custom: Mapping[str, str], deadline: float
     ) -> ChainResult:
         result = run_chain(point, payload, self.config, custom=custom, vm_id=vmi.uid, deadline=deadline)
-        self.store.record_chain(call, vmi.uid, result)
+        self.store.record_chain(call, vmi.uid, result, vm_name=vmi.label, caller=CALLER)
         if result.scripts or result.warnings:
             self.emit(chain_event(call, vmi, result))
         result.raise_if_aborting()
         return result
+
+
+CALLER = "kubevirt virt-launcher"  # who asks, in the history
 
 
 def chain_event(call: str, vmi: Vmi, result: ChainResult) -> dict[str, Any]:
