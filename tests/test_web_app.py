@@ -8,12 +8,16 @@ import json
 import os
 import re
 import stat
+import threading
+import uuid
 from pathlib import Path
 
 import pytest
+from agentproc import domain_xml, wait_for
 from webconsole import recorded_runs, start_web, stop_web, web  # noqa: F401 (fixture)
 
 from vmhooks.catalogue import install
+from vmhooks.errors import HookError
 from vmhooks.web import auth
 
 HOSTILE = "<script>alert('pwned')</script><img src=x onerror=alert(1)>"
@@ -303,3 +307,23 @@ def test_static_files_are_the_packaged_ones():
     static = Path(__import__("vmhooks.web", fromlist=["x"]).__file__).parent / "static"
     script = (static / "console.js").read_text()
     assert "/api/stamp" in script and "eval(" not in script and "innerHTML" not in script
+
+
+def test_live_refresh_stamp_moves_when_an_older_operation_ends_under_a_newer_one(web, make_hook, marks):
+    make_hook("before_vm_pause", "10_wait",
+              f"touch {marks}/in-$vmId\nwhile [ ! -e {marks}/go-$vmId ]; do sleep 0.02; done\nexit 1\n")  # fmt: skip
+    stamp = lambda: json.loads(web.get("/api/stamp").body)["stamp"]  # noqa: E731
+    older, newer = str(uuid.uuid4()), str(uuid.uuid4())
+    for vm_id in (older, newer):
+        web.agent.create(domain_xml(f"vm-{vm_id[:8]}", vm_id))
+    threads = []
+    for vm_id in (older, newer):  # the newer pause starts while the older one waits in its hook
+        threads.append(threading.Thread(target=lambda vm=vm_id: pytest.raises(HookError, web.agent.pause, vm)))
+        threads[-1].start()
+        wait_for((marks / f"in-{vm_id}").exists)
+    before = stamp()
+    (marks / f"go-{older}").touch()  # the older pause fails; no VM changes its status
+    threads[0].join(10)
+    assert stamp() != before
+    (marks / f"go-{newer}").touch()
+    threads[1].join(10)

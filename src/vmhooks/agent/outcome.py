@@ -8,6 +8,7 @@ history write that fails (a full disk) is logged, counted in the store's
 counters and dropped."""
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -109,6 +110,8 @@ class Recorder:
         self._lock = threading.Lock()
         self._maintaining = threading.Lock()
         self._in_flight: set[Operation] = set()
+        self._revisions = itertools.count(1)
+        self.revision = 0  # moves at every history write: what the console's live refresh watches
         self._idle = threading.Condition(threading.Lock())
         self._writes = 0
         self._bytes = 0
@@ -218,6 +221,8 @@ class Recorder:
         except StateError as exc:
             self._failed(exc)
             return None
+        finally:
+            self.revision = next(self._revisions)  # atomic: two writers never make one step
 
     def _failed(self, exc: StateError) -> None:
         """Logged at most once a minute, with how many went unlogged."""

@@ -199,9 +199,9 @@ def started(agent: Agent) -> float:
 def stamp(agent: Agent) -> str:
     """Changes whenever an operation starts or ends, a chain is recorded or
     a VM changes state: what the pages' live refresh polls."""
-    latest = agent.history(limit=1)["operations"]
-    mark = (latest[-1]["id"], latest[-1]["result"], len(latest[-1]["chains"])) if latest else ()
-    digest = hashlib.sha256(repr(mark).encode())
+    # Every write to the history, not the newest operation: an older one
+    # that ends while a newer one runs must move it too.
+    digest = hashlib.sha256(str(agent.context.recorder.revision).encode())
     for vm in sorted(agent.context.registry.all(), key=lambda vm: vm.vm_id):
         digest.update(f"{vm.vm_id}={vm.status};".encode())
     return digest.hexdigest()[:16]
