@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from vmhooks import discovery
 from vmhooks.discovery import find_scripts, inventory, point_dir, unsafe_directory_reason, unsafe_reason
 from vmhooks.errors import UnknownPointError
 
@@ -198,6 +199,22 @@ def test_inventory_shape_and_checksums(make_hook: Callable[..., Path], hooks_dir
     }
     assert sha(a) != sha(b)
     assert len(sha(a)) == 64
+
+
+def test_checksums_are_read_once_and_follow_every_change(
+    make_hook: Callable[..., Path], hooks_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = make_hook("before_vm_start", "10_a", "echo a\n")
+    reads: list[Path] = []
+    real = discovery._hash_file
+    monkeypatch.setattr(discovery, "_hash_file", lambda path: reads.append(path) or real(path))
+    first = inventory(hooks_dir)
+    assert inventory(hooks_dir) == first and len(reads) == 1  # polled capabilities read nothing again
+    stat = hook.stat()
+    hook.write_text("echo b\n")  # same size; and the same mtime, as a fast or careful writer leaves it
+    os.utime(hook, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert inventory(hooks_dir)["before_vm_start"]["10_a"]["checksum"] == sha(hook) != first["before_vm_start"]["10_a"]["checksum"]
+    assert len(reads) == 2
 
 
 def test_inventory_leaves_out_dirs_without_scripts(

@@ -255,8 +255,31 @@ def _entry_reason(entry: str, st: os.stat_result, trusted_uids: frozenset[int]) 
     return None
 
 
+# sha256 by (device, inode, size, mtime, ctime): the inventory goes out with
+# every Host.getCapabilities and console page, and hooks rarely change. Any
+# write or chmod moves ctime, so a changed file is never served from here.
+_DIGESTS: dict[tuple[int, int, int, int, int], str] = {}
+MAX_DIGESTS = 4096
+
+
 def file_sha256(path: Path) -> str:
     """Hex sha256 of the file's content; empty when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        digest = _hash_file(path)
+        if digest:
+            if len(_DIGESTS) >= MAX_DIGESTS:
+                _DIGESTS.clear()
+            _DIGESTS[key] = digest
+    return digest
+
+
+def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
