@@ -9,13 +9,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agentproc import AgentProcess
+from agentproc import AgentProcess, domain_xml
 from vmhooks.environment import HOOKLIB_DIR, hooks_pythonpath
 from vmhooks.runner import ChainResult, RunnerConfig, Status, run_chain
 
@@ -342,13 +343,17 @@ def test_libvirtconnection_get_opens_the_agents_uri(caps: Callable[..., Any]) ->
 
 def test_client_speaks_vdsm_verbs_to_the_local_agent(caps: Callable[..., Any], tmp_path: Path, hooks_dir: Path) -> None:
     agent = AgentProcess(tmp_path / "agent", tmp_path / "agent-hooks").start()
+    vm_id = str(uuid.uuid4())
     try:
+        agent.call("VM.create", xml=domain_xml("listed", vm_id))
+        agent.call("VM.pause", vmId=vm_id)
         got = caps("""
             from vdsm import client, utils
             from vdsm.config import config
             cli = client.connect("localhost", use_tls=config.getboolean("vars", "ssl"))
             with utils.closing(cli):
                 ids = cli.Host.getVMList(onlyUUID=True)
+                vms = cli.Host.getVMList()
                 hooks = cli.Host.getHooks()
                 try:
                     cli.VM.cont(vmID="00000000-0000-0000-0000-00000000dead")
@@ -358,11 +363,12 @@ def test_client_speaks_vdsm_verbs_to_the_local_agent(caps: Callable[..., Any], t
                 client.connect("elsewhere.example")
             except client.ConnectionError as exc:
                 remote = str(exc)
-            hooking.write_json({"ids": ids, "hooks": hooks, "error": error, "remote": remote})
+            hooking.write_json({"ids": ids, "vms": vms, "hooks": hooks, "error": error, "remote": remote})
         """, agent_socket=agent.socket)
     finally:
         agent.stop()
-    assert got["ids"] == [] and got["hooks"] == {}
+    assert got["ids"] == [vm_id] and got["hooks"] == {}
+    assert got["vms"] == [{"vmId": vm_id, "status": "Paused"}]  # VDSM's status names
     assert got["error"] == [2, "no VM with id 00000000-0000-0000-0000-00000000dead"]
     assert "vmhooks serves hooks on this host's agent only" in got["remote"]
 

@@ -21,6 +21,9 @@ DEFAULT_SOCKET = "/run/vmhooks/vmhooks.sock"
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "localhost.localdomain", ""})
 # VDSM parameter names that vmhooks spells otherwise.
 RENAMED_PARAMS = {"vmID": "vmId"}
+# vmhooks' VM statuses as VDSM's VmStatus names them (hooks compare with "Up").
+VDSM_STATUS = {"up": "Up", "paused": "Paused", "starting": "WaitForLaunch", "migrating": "Migration Source",
+               "incoming": "Migration Destination", "hibernated": "Down", "down": "Down"}  # fmt: skip
 
 
 class Error(Exception):
@@ -127,7 +130,7 @@ class _Client:
         vms = [vm for vm in vms if not wanted or vm["vmId"] in wanted]
         if kwargs.get("onlyUUID"):
             return [vm["vmId"] for vm in vms]
-        return [{"vmId": vm["vmId"], "status": vm["status"]} for vm in vms]
+        return [{"vmId": vm["vmId"], "status": VDSM_STATUS.get(vm["status"], "Down")} for vm in vms]
 
     def _request(self, method: str, params: dict[str, Any], shown: dict[str, Any], timeout: float) -> Any:
         import http.client
