@@ -509,7 +509,7 @@ def test_a_callers_self_chosen_name_cannot_forge_log_lines():
     assert len(printable("x" * 10_000)) == MAX_CALLER_CHARS
 
 
-def test_a_hook_may_act_on_the_vm_whose_operation_runs_it(tmp_path, hooks_dir, make_hook):
+def test_a_hook_may_act_on_the_vm_whose_operation_runs_it(tmp_path, hooks_dir, make_hook, marks):
     """VDSM's openstacknet resumes a VM started paused from its after_vm_start
     hook, with vdsm.client: the call must not wait for the create that waits
     for the hook (until the hook's timeout, leaving the VM paused)."""
@@ -520,20 +520,38 @@ def test_a_hook_may_act_on_the_vm_whose_operation_runs_it(tmp_path, hooks_dir, m
         cli = client.connect("localhost", use_tls=False)
         print(cli.VM.cont(vmID=os.environ["vmId"])["status"], file=__import__("sys").stderr)
     """, lang="python")
-    make_hook("after_vm_cont", "50_pause_again", f"{shlex.join(VMHOOKS)} vm pause \"$vmId\" >&2")  # the CLI, in a hook
+    make_hook("after_vm_cont", "50_pause_again",  # the CLI, in a hook; once
+              f"[ -e {marks}/once ] && exit 0; touch {marks}/once; {shlex.join(VMHOOKS)} vm pause \"$vmId\" >&2")  # fmt: skip
     agent = AgentProcess(tmp_path / "agent", hooks_dir, "test:///default", "--hook-timeout", "20").start()
     try:
-        started = time.monotonic()
-        vm_id = new_vm(agent, launchPaused=True)
-        took = time.monotonic() - started
+        vm_id = str(uuid.uuid4())
+        created = agent.call("VM.create", xml=domain_xml("resumed", vm_id), launchPaused=True)
         runs = {r["script"]: r for r in hook_runs(agent.call("Host.getHookHistory", vmId=vm_id))}
-        assert runs["50_resume"]["status"] == "ok", runs["50_resume"]
+        assert runs["50_resume"]["status"] == "ok", runs["50_resume"]  # not a timeout waiting for itself
         assert runs["50_pause_again"]["status"] == "ok", runs["50_pause_again"]
-        assert took < 20, "the hook's call waited for the hook's own operation"
-        assert agent.call("VM.list")[0]["status"] == "paused"  # create, then cont, then the nested pause
+        # create, then the hook's cont, then the nested pause: the answers say what is, not what was
+        assert created["status"] == agent.call("VM.list")[0]["status"] == "paused"
         operations = [o["operation"] for o in whole_history(partial(agent.call, "Host.getHookHistory"), vmId=vm_id)]
         assert operations == ["create", "cont", "pause"]
         # Once the chain is over, the hooks' token is worth nothing: a late call waits its turn.
         assert agent.call("VM.cont", vmId=vm_id)["status"] == "up"
+    finally:
+        assert agent.stop() == 0, agent.log()
+
+
+def test_a_before_hook_cannot_act_on_its_own_vm_mid_operation(tmp_path, hooks_dir, make_hook):
+    """Before the operation's work is done, a hook's call about the same VM
+    waits for it (here until the hook times out), so the two never mix: a
+    destroy from before_vm_start cannot leave a VM running that was destroyed."""
+    make_hook("before_vm_start", "50_destroy", f"{shlex.join(VMHOOKS)} vm destroy \"$vmId\" >&2")
+    agent = AgentProcess(tmp_path / "agent", hooks_dir, "test:///default", "--hook-timeout", "2").start()
+    try:
+        vm_id = str(uuid.uuid4())
+        with pytest.raises(RpcError, match=r"50_destroy failed \(timed out after 2s"):
+            agent.call("VM.create", xml=domain_xml("mixed", vm_id))
+        assert agent.call("VM.list") == []
+        operations = whole_history(partial(agent.call, "Host.getHookHistory"), vmId=vm_id)
+        assert [o["operation"] for o in operations][0] == "create"
+        assert all(o["result"] != "ok" for o in operations if o["operation"] == "destroy")
     finally:
         assert agent.stop() == 0, agent.log()

@@ -5,6 +5,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -208,13 +209,19 @@ def test_checksums_are_read_once_and_follow_every_change(
     reads: list[Path] = []
     real = discovery._hash_file
     monkeypatch.setattr(discovery, "_hash_file", lambda path: reads.append(path) or real(path))
-    first = inventory(hooks_dir)
-    assert inventory(hooks_dir) == first and len(reads) == 1  # polled capabilities read nothing again
+    monkeypatch.setattr(discovery, "RACY_SECONDS", 0.05)  # not 2 s: a short test; a tick is 10 ms at most
+    first = inventory(hooks_dir)["before_vm_start"]["10_a"]["checksum"]
+    inventory(hooks_dir)
+    assert len(reads) == 2  # just written: a change within the same clock tick would not move ctime
+    time.sleep(0.1)
+    inventory(hooks_dir)
+    inventory(hooks_dir)
+    assert len(reads) == 3  # polled capabilities read nothing again
     stat = hook.stat()
     hook.write_text("echo b\n")  # same size; and the same mtime, as a fast or careful writer leaves it
     os.utime(hook, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert inventory(hooks_dir)["before_vm_start"]["10_a"]["checksum"] == sha(hook) != first["before_vm_start"]["10_a"]["checksum"]
-    assert len(reads) == 2
+    assert inventory(hooks_dir)["before_vm_start"]["10_a"]["checksum"] == sha(hook) != first
+    assert len(reads) == 4
 
 
 def test_inventory_leaves_out_dirs_without_scripts(

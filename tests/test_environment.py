@@ -46,6 +46,14 @@ def test_no_vm_id_no_vmid_variable() -> None:
     assert "vmId" not in build_environment({}, params={"x": "1"})
 
 
+def test_the_chains_own_names_never_come_from_the_agents_environment() -> None:
+    """An agent (or `hooks run`) started from a hook inherits that hook's
+    names: its own chains must not hand them on (a lock token above all)."""
+    inherited = {"vmId": "other", "_hook_domxml": "/tmp/x", "VMHOOKS_LOCK_TOKEN": "0" * 32, "KEPT": "1"}
+    env = build_environment(inherited)
+    assert env.keys() - {"PYTHONPATH"} == {"KEPT"}
+
+
 @pytest.mark.parametrize(
     ("value", "text"),
     [(True, "True"), (False, "False"), (3, "3"), (2.5, "2.5"), (None, ""), (b"caf\xc3\xa9", "café"),

@@ -395,6 +395,41 @@ def test_after_the_grace_the_hooks_of_operations_in_flight_are_killed_and_nothin
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_after_the_cut_no_later_chain_of_an_operation_in_flight_starts(tmp_path, hooks_dir, make_hook, marks):
+    """before_vm_destroy cannot stop a destroy: cut, the destroy goes on, and
+    its after_vm_destroy, which would start after the cut, does not run."""
+    make_hook("before_vm_destroy", "50_slow", f"touch {marks}/started; exec sleep 60")
+    make_hook("after_vm_destroy", "50_after", f"touch {marks}/after; exec sleep 40")
+    agent = AgentProcess(tmp_path / "agent", hooks_dir, "test:///default", "--shutdown-grace", "1").start()
+    assert agent.proc is not None
+    vm_id = str(uuid.uuid4())
+    agent.call("VM.create", xml=domain_xml("cut", vm_id))
+    answers: list[object] = []
+
+    def call_destroy() -> None:
+        try:
+            answers.append(agent.call("VM.destroy", vmId=vm_id))
+        except AgentUnreachable as exc:
+            answers.append(exc)
+
+    destroy = threading.Thread(target=call_destroy)
+    destroy.start()
+    wait_for((marks / "started").exists)
+    agent.proc.send_signal(signal.SIGTERM)
+    assert agent.proc.wait(timeout=30) == 0
+    destroy.join(5)
+    assert len(answers) == 1 and isinstance(answers[0], AgentUnreachable)  # cut off after the grace
+    assert not (marks / "after").exists()
+    state = Store.open_read_only(agent.state_dir / "vmhooks.db")
+    try:
+        operation = next(o for o in state.history(Filters(vm_id=vm_id))["operations"] if o["operation"] == "destroy")
+    finally:
+        state.close()
+    runs = {chain["point"]: chain["runs"][0] for chain in operation["chains"]}
+    assert runs["before_vm_destroy"]["note"] == "killed with every process it started: the agent is stopping"
+    assert runs["after_vm_destroy"]["note"] == "not started: the agent is stopping"
+
+
 def test_sigterm_waits_no_longer_than_the_grace(tmp_path, hooks_dir, make_hook, marks):
     slow = SlowPause(tmp_path, hooks_dir, make_hook, marks, f"echo $$ > {marks}/pid; exec sleep 60", grace="1")
     in_flight = slow.pause_in_background()

@@ -21,7 +21,7 @@ from typing import Any
 
 from vmhooks.agent import DEVICE_OPERATIONS, Agent
 from vmhooks.agent.outcome import CALLER
-from vmhooks.agent.registry import OFFERED_TOKEN
+from vmhooks.agent.vmlock import OFFERED_TOKEN, offered_token
 from vmhooks.config import AgentSettings, split_address
 from vmhooks.environment import LOCK_TOKEN_HEADER
 from vmhooks.errors import UsageError
@@ -89,18 +89,21 @@ class RpcHandler(BoundedHandler):
     gets 405 (`BoundedHandler`), any other path 404."""
 
     server: RpcServer
+    caller: str | None = None  # once per connection: the peer cannot change, and a user lookup may be slow (NSS)
 
     def do_POST(self) -> None:  # noqa: N802 (stdlib name)
         if self.path != "/rpc":
             self.respond(404, json_error(f"no such path {self.path!r}; POST to /rpc"))
             return
-        caller = CALLER.set(self.server.caller_of(self.request, self.client_address))
-        offered = OFFERED_TOKEN.set(self.headers.get(LOCK_TOKEN_HEADER) if self.server.lends_locks else None)
+        if self.caller is None:
+            self.caller = self.server.caller_of(self.request, self.client_address)
+        who = CALLER.set(self.caller)
+        offered = OFFERED_TOKEN.set(offered_token(self.headers.get(LOCK_TOKEN_HEADER)) if self.server.lends_locks else None)
         try:
             response = self.server.dispatcher.handle_body(self.body)
         finally:
             OFFERED_TOKEN.reset(offered)
-            CALLER.reset(caller)
+            CALLER.reset(who)
         if response is None:  # only notifications
             self.respond(204, b"")
         else:

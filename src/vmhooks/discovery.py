@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -257,9 +258,12 @@ def _entry_reason(entry: str, st: os.stat_result, trusted_uids: frozenset[int]) 
 
 # sha256 by (device, inode, size, mtime, ctime): the inventory goes out with
 # every Host.getCapabilities and console page, and hooks rarely change. Any
-# write or chmod moves ctime, so a changed file is never served from here.
+# write or chmod moves ctime, so a changed file is never served from here;
+# but ctime moves by clock ticks on older kernels, so a file changed within
+# RACY_SECONDS is read every time (git's "racily clean" rule).
 _DIGESTS: dict[tuple[int, int, int, int, int], str] = {}
 MAX_DIGESTS = 4096
+RACY_SECONDS = 2.0
 
 
 def file_sha256(path: Path) -> str:
@@ -272,7 +276,7 @@ def file_sha256(path: Path) -> str:
     digest = _DIGESTS.get(key)
     if digest is None:
         digest = _hash_file(path)
-        if digest:
+        if digest and time.time() - st.st_ctime > RACY_SECONDS:
             if len(_DIGESTS) >= MAX_DIGESTS:
                 _DIGESTS.clear()
             _DIGESTS[key] = digest

@@ -205,8 +205,9 @@ def build_environment(
 
     Raises InvalidEnvironmentError before anything runs."""
     # Our own names never leak in from the agent's environment (a stale vmId
-    # at a host point, a _hook_domxml that is not this chain's).
-    env = {name: value for name, value in base.items() if name != "vmId" and not name.startswith("_hook_")}
+    # at a host point, a _hook_domxml or a lock token that is not this chain's).
+    env = {name: value for name, value in base.items()
+           if name not in ("vmId", LOCK_TOKEN_VARIABLE) and not name.startswith("_hook_")}  # fmt: skip
     env.update(validated(params, "param"))
     env.update(validated(custom, "custom property"))
     if vm_id is not None:

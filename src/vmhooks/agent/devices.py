@@ -12,7 +12,7 @@ from vmhooks import environment
 from vmhooks import domxml
 from vmhooks.agent import libvirtconn as lv
 from vmhooks.agent.context import AgentContext
-from vmhooks.agent.registry import RUNNING, summary
+from vmhooks.agent.registry import RUNNING
 from vmhooks.errors import HookError, LibvirtError, UsageError
 
 LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
@@ -88,7 +88,7 @@ def device_operation(
             device_custom[sorted(keys)[0] if keys else "device"] = dict(props)
         vm = ctx.registry.follow(vm, xml=domain.XMLDesc(0), device_custom=device_custom)
         hooks.device(name, operation.after, device_xml, vm, props)
-        return summary(vm)
+        return ctx.registry.answer(vm)
 
 
 def _check_released(what: str, domain: libvirt.virDomain, device: Any) -> None:
@@ -134,7 +134,7 @@ def set_ticket(
             graphics.attrib.pop("passwdValidTo", None)
         lv.call(f"setting the ticket of VM {vm.name}", domain.updateDeviceFlags, domxml.to_string(graphics), LIVE)
         ctx.hooks.vm("setTicket", "after_vm_set_ticket", domain.XMLDesc(0), vm, ticket_params)
-        return summary(vm)
+        return ctx.registry.answer(vm)
 
 
 def set_number_of_cpus(ctx: AgentContext, vm_id: str, count: int) -> dict[str, Any]:
@@ -146,4 +146,4 @@ def set_number_of_cpus(ctx: AgentContext, vm_id: str, count: int) -> dict[str, A
         lv.call(f"setting the CPUs of VM {vm.name}", domain.setVcpusFlags, count, LIVE)
         vm = ctx.registry.follow(vm, xml=domain.XMLDesc(0))
         ctx.hooks.vm("setNumberOfCpus", "after_set_num_of_cpus", None, vm)
-        return summary(vm)
+        return ctx.registry.answer(vm)

@@ -61,16 +61,19 @@ class Agent:
 
     def stop(self) -> None:
         """After the API stopped serving: end the operations still in flight
-        (their requests had the shutdown grace already), run after_vdsm_stop,
-        release everything."""
+        (their requests had the shutdown grace already) and the event
+        handlers, run after_vdsm_stop, release everything."""
         ctx = self.context
-        fired = ctx.hooks.cut_off("the agent is stopping")
+        # Their running hooks are killed and no later chain of theirs starts,
+        # nor one an event handler begins meanwhile: all is recorded.
+        ctx.hooks.cut_off("the agent is stopping")
         running = ctx.recorder.wait_idle(STOP_WAIT)
         if running:
             log.warning("stopping with %s still running after their hooks were killed: the next start reconciles "
                         "their VMs with libvirt", ", ".join(sorted(_described(op) for op in running)))  # fmt: skip
         self.events.close()
         ctx.disconnect()
+        fired = ctx.hooks.reopen()
         with self._operation("stop", caller="agent"):
             ctx.hooks.host("stop", "after_vdsm_stop", None)
         if not ctx.registry.save_unsaved():

@@ -25,7 +25,7 @@ class HookCalls:
     def __init__(self, settings: AgentSettings, recorder: Recorder, payload_dir: Path,
                  lend: Callable[[str | None], AbstractContextManager[str | None]]) -> None:  # fmt: skip
         self.settings = settings
-        self.lend = lend  # Registry.lend: the VM lock's token for the chain's hooks
+        self.lend = lend  # Registry.lend: the VM lock's token for an after_* chain's hooks
         self.recorder = recorder
         self.payload_dir = payload_dir
         self._base_env = dict(os.environ)  # one snapshot: copying os.environ per chain costs
@@ -51,12 +51,15 @@ class HookCalls:
             cutoff=self.cutoff,
         )
 
-    def cut_off(self, reason: str) -> Cutoff:
-        """Kill the hooks of the chains running now, as a timeout would, and
-        start no later script of theirs; chains started from now on run as
-        usual (after_vdsm_stop). The fired cutoff, to close once they ended."""
+    def cut_off(self, reason: str) -> None:
+        """Kill the hooks running now, as a timeout would, and start no hook
+        of any chain begun from now on, until `reopen`."""
+        self.cutoff.fire(reason)
+
+    def reopen(self) -> Cutoff:
+        """Chains run as usual again (after_vdsm_stop); the fired cutoff, to
+        close once nothing can wait on it."""
         fired, self.cutoff = self.cutoff, Cutoff()
-        fired.fire(reason)
         return fired
 
     def property_rules(self) -> properties.PropertyRules | None:
@@ -95,7 +98,9 @@ class HookCalls:
     ) -> ChainResult:
         """One chain, recorded in the history as part of the operation that
         runs it; raises HookError where it aborts."""
-        with self.lend(vm_id) as token:
+        # Only at after_* points: the operation's work on the VM is done, so a
+        # hook's call about the same VM may go first (agent.vmlock).
+        with self.lend(vm_id if point.startswith("after_") else None) as token:
             result = run_chain(
                 point, payload, self.runner_config(), params=params, custom=custom, vm_id=vm_id, lock_token=token
             )

@@ -12,7 +12,7 @@ import libvirt
 from vmhooks import domxml, metadata
 from vmhooks.agent import libvirtconn as lv
 from vmhooks.agent.context import AgentContext
-from vmhooks.agent.registry import RUNNING, summary
+from vmhooks.agent.registry import RUNNING
 from vmhooks.errors import HookError, UsageError, WrongStateError
 from vmhooks.store import VmRecord
 
@@ -84,7 +84,7 @@ def create(
         ctx.hooks.vm("create", "after_vm_start", live, vm)
         for props, device_xml in domxml.custom_devices(live, checked_devices):
             ctx.hooks.device("create", "after_device_create", device_xml, vm, props)
-        return summary(vm)
+        return ctx.registry.answer(vm)
 
 
 def _start(ctx: AgentContext, vm: VmRecord, root: Any, xml: str | None, paused: bool) -> libvirt.virDomain:
@@ -154,7 +154,7 @@ def simple(ctx: AgentContext, name: str, vm_id: str) -> dict[str, Any]:
         live = domain.XMLDesc(0)
         vm = ctx.registry.follow(vm, status=operation.result_status, xml=live)
         ctx.hooks.vm(name, operation.after, live, vm)
-        return summary(vm)
+        return ctx.registry.answer(vm)
 
 
 def hibernate(ctx: AgentContext, vm_id: str) -> dict[str, Any]:
@@ -166,7 +166,7 @@ def hibernate(ctx: AgentContext, vm_id: str) -> dict[str, Any]:
         lv.call(f"hibernating VM {vm.name}", domain.save, str(path))
         vm = ctx.registry.follow(vm, status="hibernated", xml=live, save_path=str(path))
         ctx.hooks.vm("hibernate", "after_vm_hibernate", live, vm)
-        return summary(vm)
+        return ctx.registry.answer(vm)
 
 
 def dehibernate(ctx: AgentContext, vm_id: str) -> dict[str, Any]:
@@ -184,7 +184,7 @@ def dehibernate(ctx: AgentContext, vm_id: str) -> dict[str, Any]:
         Path(path).unlink(missing_ok=True)
         vm = ctx.registry.follow(vm, status=lv.status_of(domain), xml=live, save_path=None)
         ctx.hooks.vm("dehibernate", "after_vm_dehibernate", live, vm, params)
-        return summary(vm)
+        return ctx.registry.answer(vm)
 
 
 # -- launch flags (hooking.load/dump_vm_launch_flags_from_file) ---------------

@@ -220,7 +220,7 @@ def migration_finish(ctx: AgentContext, vm_id: str, success: bool) -> dict[str, 
         assert domain is not None
         if not success:  # libvirt runs it here all the same: manage it, do not orphan it
             log.warning("VM %s: the source reports a failed migration, but it runs here", vm.vm_id)
-        return summary(adopt(ctx, vm, domain, "migrationFinish"))
+        return ctx.registry.answer(adopt(ctx, vm, domain, "migrationFinish"))
 
 
 def adopt(ctx: AgentContext, vm: VmRecord, domain: libvirt.virDomain, operation: str) -> VmRecord:

@@ -222,7 +222,7 @@ class Recorder:
             self._failed(exc)
             return None
         finally:
-            self.revision = next(self._revisions)  # atomic: two writers never make one step
+            self.revision = next(self._revisions)  # two writers never draw the same number
 
     def _failed(self, exc: StateError) -> None:
         """Logged at most once a minute, with how many went unlogged."""

@@ -15,18 +15,16 @@ it: ids that come and go leave nothing behind.
 """
 from __future__ import annotations
 
-import hmac
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any
 
 from vmhooks import domxml
 from vmhooks.agent.outcome import note_vm
+from vmhooks.agent.vmlock import OFFERED_TOKEN, VmLock
 from vmhooks.errors import NoSuchVmError, StateError, WrongStateError
 from vmhooks.store import Store, VmRecord
 
@@ -34,95 +32,11 @@ log = logging.getLogger("vmhooks.agent")
 
 RUNNING = frozenset({"up", "paused"})
 
-# The lock token a request offers: the API server sets it from the
-# X-Vmhooks-Lock-Token header, which `vdsm.client` and `vmhooks.client` send
-# when they run in a hook (VMHOOKS_LOCK_TOKEN).
-OFFERED_TOKEN: ContextVar[str | None] = ContextVar("vmhooks_offered_token", default=None)
-
-
-class _Holder:
-    __slots__ = ("thread", "token", "depth", "lending")
-
-    def __init__(self, thread: int) -> None:
-        self.thread = thread
-        self.token = secrets.token_hex(16)
-        self.depth = 1  # re-entrant: the same thread may lock again
-        self.lending = 0  # chains running that may lend the lock to their hooks
-
-
-class _VmLock:
-    """One VM's lock, which its holder may lend to the hooks it runs.
-
-    A hook that calls the agent back for the same VM (VDSM's openstacknet
-    resumes the VM from after_vm_start) would otherwise wait for the very
-    operation that waits for it, until the hook's timeout. While the holder
-    runs a chain, a request that shows the holder's token (handed to its
-    hooks as VMHOOKS_LOCK_TOKEN) takes the lock over, one at a time; the
-    holder's chain ends only when the lock is back with it, so the two never
-    act on the VM together."""
-
-    __slots__ = ("cond", "holders", "users")
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
-        self.holders: list[_Holder] = []  # the current holder last; the ones it borrowed from below
-        self.users = 0  # threads holding or waiting for it
-
-    def acquire(self, blocking: bool, offered: str | None) -> bool:
-        me = threading.get_ident()
-        with self.cond:
-            while True:
-                top = self.holders[-1] if self.holders else None
-                if top is None:
-                    break
-                if top.thread == me:
-                    top.depth += 1
-                    return True
-                if offered is not None and top.lending and hmac.compare_digest(top.token, offered):
-                    break  # lent to this request by the operation whose hook sent it
-                if not blocking:
-                    return False
-                self.cond.wait()
-            self.holders.append(_Holder(me))
-            return True
-
-    def release(self) -> None:
-        with self.cond:
-            top = self.holders[-1]
-            top.depth -= 1
-            if top.depth == 0:
-                self.holders.pop()
-                self.cond.notify_all()
-
-    @contextmanager
-    def lending(self) -> Iterator[str | None]:
-        """The holder's token while it runs a chain; None for a thread that
-        does not hold the lock."""
-        me = threading.get_ident()
-        with self.cond:
-            top = self.holders[-1] if self.holders else None
-            if top is None or top.thread != me:
-                mine = None
-            else:
-                mine = top
-                mine.lending += 1
-        if mine is None:
-            yield None
-            return
-        try:
-            yield mine.token
-        finally:
-            with self.cond:
-                while self.holders[-1] is not mine:  # a borrower still acts on the VM
-                    self.cond.wait()
-                mine.lending -= 1
-
-
 class Registry:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._vms: dict[str, VmRecord] = {}
-        self._locks: dict[str, _VmLock] = {}
+        self._locks: dict[str, VmLock] = {}
         self._guard = threading.Lock()
         self._started: dict[str, float] = {}  # when each VM was last seen to start running
         self._unsaved: dict[str, VmRecord | None] = {}  # vm_id -> record (None: deleted) not on disk yet
@@ -146,7 +60,7 @@ class Registry:
         with self._guard:
             entry = self._locks.get(vm_id)
             if entry is None:
-                entry = self._locks[vm_id] = _VmLock()
+                entry = self._locks[vm_id] = VmLock()
             entry.users += 1
         try:
             if not entry.acquire(blocking, OFFERED_TOKEN.get()):
@@ -163,8 +77,9 @@ class Registry:
 
     @contextmanager
     def lend(self, vm_id: str | None) -> Iterator[str | None]:
-        """While a chain runs for `vm_id`: the token its hooks may show to
-        take the VM's lock over (None when this thread does not hold it)."""
+        """While an after_* chain runs for `vm_id`: the token its hooks may
+        show to take the VM's lock over (None when this thread does not
+        hold it). See `vmlock`."""
         entry = self._locks.get(vm_id) if vm_id is not None else None
         if entry is None:
             yield None
@@ -262,6 +177,12 @@ class Registry:
         """VMs whose record on disk is out of date (for tests and the log at stop)."""
         with self._saving:
             return sorted(self._unsaved)
+
+    def answer(self, vm: VmRecord) -> dict[str, Any]:
+        """What the API says of `vm` at the end of an operation: its record as
+        it is now, since a hook's call may have changed it meanwhile (at an
+        after_* point: see `vmlock`); "down" when that call removed it."""
+        return summary(self._vms.get(vm.vm_id) or vm._replace(status="down"))
 
     def lock_count(self) -> int:
         """Locks alive now (for tests and leak checks)."""

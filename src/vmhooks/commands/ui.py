@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
         try:
             webbrowser.get().open(launcher.absolute().as_uri())
+            # A browser that runs as another user cannot read the 0600 page.
+            print("vmhooks: opened the console in a browser; if it shows nothing, open the URL above",
+                  file=sys.stderr)  # fmt: skip
         except webbrowser.Error:
             print("vmhooks: no browser found: open the URL above", file=sys.stderr)
     return 0

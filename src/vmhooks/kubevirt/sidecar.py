@@ -29,6 +29,7 @@ COMPONENT = "vmhooks-kubevirt-sidecar"
 SOCKET_DIR = Path("/var/run/kubevirt-hooks")  # KubeVirt's shared directory
 DEFAULT_NAME = "vmhooks"
 DEFAULT_HOOK_TIMEOUT = 30.0  # seconds per script: well inside virt-launcher's minute per call
+CALLER = "kubevirt virt-launcher"  # who asks, in the history
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -210,9 +211,6 @@ class Sidecar:
             self.emit(chain_event(call, vmi, result))
         result.raise_if_aborting()
         return result
-
-
-CALLER = "kubevirt virt-launcher"  # who asks, in the history
 
 
 def chain_event(call: str, vmi: Vmi, result: ChainResult) -> dict[str, Any]:

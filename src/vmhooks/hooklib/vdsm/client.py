@@ -171,13 +171,12 @@ class _Client:
 
 
 def _headers() -> dict[str, str]:
-    """A hook shows the token of the operation that runs it, so that acting
-    on that operation's VM does not wait for the operation to end (which
-    waits for the hook)."""
-    import os
-
+    """A hook shows the token of the chain that runs it, so that acting on
+    that chain's VM does not wait for the operation (which waits for the
+    hook). The names are vmhooks.environment's LOCK_TOKEN_VARIABLE and
+    LOCK_TOKEN_HEADER, spelt out: this package imports no vmhooks module."""
     headers = {"Content-Type": "application/json"}
-    token = os.environ.get("VMHOOKS_LOCK_TOKEN")
+    token = agent_setting("VMHOOKS_LOCK_TOKEN", "")
     if token:
         headers["X-Vmhooks-Lock-Token"] = token
     return headers
