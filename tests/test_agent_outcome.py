@@ -115,6 +115,27 @@ def test_one_info_line_per_operation(agent, make_hook, caplog):
     assert lines[0].outcome["operation"] == "pause" and lines[0].outcome["vm_id"] == vm_id
 
 
+def test_each_run_records_whether_it_was_forked_from_the_warm_interpreter(agent, make_hook, tmp_path: Path,
+                                                                         hooks_dir: Path):  # fmt: skip
+    body = "import hooking\nhooking.write_domxml(hooking.read_domxml())\n"
+    make_hook("before_vm_start", "10_py", body, lang="python")
+    make_hook("before_vm_start", "20_sh", "exit 0")
+    vm_id = str(uuid.uuid4())
+    agent.create(domain_xml("forked", vm_id))
+    runs = [(run["script"], run["fast_path"]) for run in hook_runs(agent.history(vmId=vm_id))]
+    assert runs == [("10_py", True), ("20_sh", False)]
+    # With the fast path off, the same Python hook is exec'd, and recorded so.
+    exec_only = Agent(AgentSettings(libvirt_uri="test:///default", hooks_dir=hooks_dir, state_dir=tmp_path / "other",
+                                    run_dir=tmp_path / "other-run", fast_path=False))  # fmt: skip
+    exec_only.start()
+    try:
+        other = str(uuid.uuid4())
+        exec_only.create(domain_xml("execd", other))
+        assert [run["fast_path"] for run in hook_runs(exec_only.history(vmId=other))] == [False, False]
+    finally:
+        exec_only.stop()
+
+
 def test_polling_leaves_no_empty_chain_and_only_the_latest_runs(tmp_path: Path, hooks_dir: Path, make_hook):
     make_hook("before_vm_start", "10_ok", "exit 0")
     settings = AgentSettings(libvirt_uri="test:///default", hooks_dir=hooks_dir, state_dir=tmp_path / "state",

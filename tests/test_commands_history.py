@@ -189,6 +189,29 @@ def test_the_readme_sample_is_what_it_prints(tmp_path: Path, hooks_dir: Path, ma
     assert shape(printed) == shape(sample)
 
 
+def test_runs_forked_from_the_warm_interpreter_say_so(tmp_path: Path, hooks_dir: Path, make_hook):
+    body = "import hooking\nhooking.write_domxml(hooking.read_domxml())\n"
+    make_hook("before_vm_start", "10_py", body, lang="python")
+    make_hook("before_vm_start", "20_sh", "exit 0")
+    make_hook("before_vm_start", "30_py_guard", "import sys\nsys.exit(2)\n", lang="python")
+    agent = AgentProcess(tmp_path / "agent", hooks_dir).start()
+    vm_id = str(uuid.uuid4())
+    with pytest.raises(RpcError):
+        create(agent, "forked", vm_id)
+    live = vmhooks("history", "--vm", vm_id, "--socket", str(agent.socket))
+    assert agent.stop() == 0
+    for shown in (live, vmhooks("history", "--vm", vm_id, "--state-dir", str(agent.state_dir))):
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        note = next(line for line in lines if line.lstrip().startswith("POINT ")).index("NOTE")
+        rows = {line.split()[1]: line[note:] for line in lines if line.startswith("    before_vm_start ")}
+        assert rows == {"10_py": "fast path", "20_sh": "", "30_py_guard": "exit 2, chain stopped; fast path"}
+    listed = json.loads(vmhooks("history", "--vm", vm_id, "--json", "--state-dir", str(agent.state_dir)).stdout)
+    runs = [run for op in listed["operations"] for chain in op["chains"] for run in chain["runs"]]
+    assert [(run["script"], run["fast_path"]) for run in runs] == [("10_py", True), ("20_sh", False),
+                                                                   ("30_py_guard", True)]  # fmt: skip
+
+
 def test_the_script_whose_output_was_rejected_shows_its_stderr():
     from vmhooks.commands.history import chain_lines
 

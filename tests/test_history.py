@@ -68,6 +68,13 @@ def test_an_operation_carries_its_outcome_chains_and_runs(store: Store):
     ]  # fmt: skip
 
 
+def test_a_run_says_whether_it_was_forked_from_the_warm_interpreter(store: Store):
+    forked = OK._replace(name="10_py", fast_path=True)
+    operation(store, "create", "vm-1", chain("before_vm_start", forked, OK))
+    runs = store.history()["operations"][0]["chains"][0]["runs"]
+    assert [(run["script"], run["fast_path"]) for run in runs] == [("10_py", True), ("10_a", False)]
+
+
 def test_filters(store: Store):
     operation(store, "create", "vm-1", chain("before_vm_start", OK), when=100)
     operation(store, "pause", "vm-1", chain("before_vm_pause", BAD), when=200)

@@ -100,6 +100,22 @@ def test_timeline_shows_every_run_with_status_rc_stderr_and_a_side_by_side_diff(
     assert headings == ["cont", "pause", "create"]  # newest first
 
 
+def test_timeline_says_which_runs_were_forked_from_the_warm_interpreter(web, make_hook, seed_xml):
+    vm_id = lifecycle(web, make_hook, seed_xml)
+    runs = recorded_runs(web.agent.history(vm_id))
+    assert [(run["script"], run["fast_path"]) for run in runs] == [("50_pin", True), ("20_notify", False),
+                                                                   ("10_check", False)]  # fmt: skip
+    page = web.get(f"/vms/{vm_id}").text
+    forked = re.findall(r'<span class="script">(\w+)</span>(?:(?!</summary>).)*?forked from the warm interpreter',
+                        page, re.S)  # fmt: skip
+    assert forked == ["50_pin"]
+    assert page.count("forked from the warm interpreter") == 1
+    # The strip's bar says it too.
+    assert [title.split(":")[0] for title in re.findall(r"<title>([^<]*), forked</title>", page)] == [
+        "before_vm_start / 50_pin"
+    ]
+
+
 def test_timeline_filters_by_point_and_status(web, make_hook, seed_xml):
     vm_id = lifecycle(web, make_hook, seed_xml)
     by_point = web.get(f"/vms/{vm_id}?point=before_vm_start").text

@@ -117,12 +117,12 @@ def insert_chain(tx: sqlite3.Connection, operation_id: int, operation: str, vm_i
     )  # fmt: skip
     rows = [
         (cursor.lastrowid, run.name, str(run.status), run.rc, run.duration_s, cut(run.stderr), int(run.changed),
-         cut(run.diff), cut(run.note, MAX_RESULT_BYTES))
+         cut(run.diff), cut(run.note, MAX_RESULT_BYTES), int(run.fast_path))
         for run in result.scripts
     ]  # fmt: skip
     tx.executemany(
-        "INSERT INTO runs (chain_id, script, status, rc, duration_s, stderr, changed, diff, note)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO runs (chain_id, script, status, rc, duration_s, stderr, changed, diff, note, fast_path)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
     return sum(len(row[5]) + len(row[7]) for row in rows)
@@ -297,6 +297,8 @@ def _run(row: sqlite3.Row) -> dict[str, Any]:
     return {
         "script": row["script"], "status": row["status"], "rc": row["rc"], "duration_s": row["duration_s"],
         "stderr": row["stderr"], "changed": bool(row["changed"]), "diff": row["diff"], "note": row["note"],
+        # A version-2 file read read-only has no such column: it predates the fast path.
+        "fast_path": "fast_path" in row.keys() and bool(row["fast_path"]),
     }  # fmt: skip
 
 

@@ -9,6 +9,9 @@ one serialised connection whose transactions always end.
 - Read-only opening never creates or changes a file: SQLite's `mode=ro`
   creates `-wal` and `-shm` when they are missing, so a database closed
   cleanly (no `-wal`) is opened `immutable` instead.
+- Read-only opening cannot upgrade: it reads an older schema back to
+  `OLDEST_READABLE_VERSION` as it is, and readers take a column it lacks
+  as that column's default.
 - Every SQLite error comes out as a `StateError` naming the file.
 """
 from __future__ import annotations
@@ -24,7 +27,10 @@ from typing import Any
 
 from vmhooks.errors import CorruptStateError, StateError
 
-SCHEMA_VERSION = 2  # PRAGMA user_version; 0 is the first schema (no operations table)
+SCHEMA_VERSION = 3  # PRAGMA user_version; 0 is the first schema (no operations table)
+# The oldest version a read-only reader takes as it is (it cannot upgrade):
+# version 2 lacks runs.fast_path only, which readers default to false.
+OLDEST_READABLE_VERSION = 2
 FILE_MODE = 0o600
 BUSY_TIMEOUT_MS = 5000
 # After a checkpoint SQLite truncates a WAL grown past this (a large prune).
@@ -78,7 +84,8 @@ CREATE TABLE IF NOT EXISTS runs (
     stderr TEXT NOT NULL,
     changed INTEGER NOT NULL,
     diff TEXT NOT NULL,
-    note TEXT NOT NULL
+    note TEXT NOT NULL,
+    fast_path INTEGER NOT NULL DEFAULT 0
 );
 """
 _INDEXES = """
@@ -103,6 +110,9 @@ INSERT INTO operations (id, time, vm_id, vm_name, operation, caller, result, err
     FROM chains c;
 UPDATE chains SET operation_id = id;
 """
+# Columns added since: (table, column, definition), each added to an older
+# table that lacks it (CREATE TABLE IF NOT EXISTS leaves an old table as it is).
+_ADDED_COLUMNS = (("runs", "fast_path", "INTEGER NOT NULL DEFAULT 0"),)  # version 3
 
 
 class Database:
@@ -226,6 +236,9 @@ def _upgrade(db: sqlite3.Connection, version: int, tables: set[str]) -> None:
         if legacy:
             for statement in _statements(_UPGRADE_FROM_0):
                 db.execute(statement)
+        for table, column, definition in _ADDED_COLUMNS:
+            if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         for statement in _statements(_INDEXES):
             db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -255,7 +268,7 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
         version = db.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.Error as exc:
         raise state_error(exc, path, "opening") from exc
-    if version != SCHEMA_VERSION:
+    if not OLDEST_READABLE_VERSION <= version <= SCHEMA_VERSION:
         db.close()
         if version > SCHEMA_VERSION:
             raise corrupt(path, f"schema version {version}, written by a newer vmhooks")

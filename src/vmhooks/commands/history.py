@@ -184,7 +184,7 @@ def chain_lines(operation: dict[str, Any], all_stderr: bool, diffs: bool) -> lis
         for run in chain["runs"]:
             rows.append([
                 chain["point"], run["script"], run["status"], "-" if run["rc"] is None else run["rc"],
-                f"{run['duration_s'] * 1000:.0f}", _change(chain, run), run["note"],
+                f"{run['duration_s'] * 1000:.0f}", _change(chain, run), _note(run),
             ])  # fmt: skip
             where = f"{chain['point']}/{run['script']}"
             blamed = (chain["rejected"] or "").startswith(f"output rejected: {run['script']} ")
@@ -207,6 +207,12 @@ def _change(chain: dict[str, Any], run: dict[str, Any]) -> str:
     if not run["changed"]:
         return ""
     return "discarded" if chain["edits_discarded"] else "yes"
+
+
+def _note(run: dict[str, Any]) -> str:
+    """The run's note, and `fast path` for a Python hook forked from the warm
+    interpreter (an agent older than the field does not say)."""
+    return "; ".join(part for part in (run["note"], "fast path" if run.get("fast_path") else "") if part)
 
 
 def _filtered(args: argparse.Namespace) -> bool:

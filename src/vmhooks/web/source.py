@@ -30,6 +30,7 @@ class RunView(NamedTuple):
     changed: bool
     diff: str
     note: str
+    fast_path: bool = False  # forked from the warm interpreter rather than exec'd
 
     @property
     def failed(self) -> bool:
@@ -133,6 +134,7 @@ def _chain(item: Mapping[str, Any], operation: str) -> ChainView:
             RunView(
                 f"run-{item['id']}-{index}", item["id"], operation, item["point"], run["script"], run["status"],
                 run["rc"], clock, run["duration_s"], run["stderr"], run["changed"], run["diff"], run["note"],
+                run["fast_path"],
             )  # fmt: skip
         )
         clock += run["duration_s"]
