@@ -217,7 +217,8 @@ class TlsHTTPServer(RpcServer, socketserver.TCPServer):
         try:
             tls.do_handshake()
         except (ssl.SSLError, OSError) as exc:
-            reason = connection.cut_reason or exc
+            # The socket's own timeout may fire before the reaper's cut: the same deadline.
+            reason = connection.cut_reason or (Phase.HANDSHAKE.value if isinstance(exc, TimeoutError) else exc)
             log.warning("refused a connection from %s: %s", connection.peer[0], reason)
             return
         super().serve_connection(connection)
