@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
         agent, client = _start_agent(workdir, hooks, state, socket_path)
         print(f"agent: pid {agent.pid} on test:///default, API on {socket_path}\n")
         _lifecycle(client)
-        print(f"\nhistory: {state / 'vmhooks.db'} (SQLite; 'vmhooks history --state-dir {state}' reads it)")
+        if args.keep:
+            print(f"\nhistory: {state / 'vmhooks.db'} (SQLite; 'vmhooks history --state-dir {state}' reads it)")
+        else:
+            print("\nhistory: removed with the rest; 'vmhooks demo --keep' keeps it for 'vmhooks history'")
     except VmhooksError as exc:
         print(f"vmhooks demo: {exc}", file=sys.stderr)
         return 1
