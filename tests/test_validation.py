@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from vmhooks.points import get_point
-from vmhooks.validation import canonical_xml, output_problem
+from vmhooks.validation import canonical_xml, output_problem, same_xml
 
 DOMAIN = get_point("before_vm_start")
 DEVICE = get_point("before_nic_hotplug")
@@ -77,3 +77,42 @@ def test_canonical_xml_normalises() -> None:
 
 def test_canonical_xml_of_non_xml_is_itself() -> None:
     assert canonical_xml("<broken") == "<broken"
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        "<?xml version='1.0' encoding='utf-8'?>\n<a y=\"2\" x='1'><b>t</b><c/></a>",  # declaration, quotes, order
+        '<a x="1" y="2"><b>t</b><c></c></a>',  # an empty element either way
+        '<a x="1" y="2"><b>&#116;</b><c/></a>',  # a character reference
+    ],
+)
+def test_same_xml_ignores_how_a_document_is_written(other):
+    assert same_xml('<a x="1" y="2"><b>t</b><c/></a>', other)
+
+
+def test_same_xml_reads_namespaces_by_uri_not_prefix():
+    assert same_xml('<p:a xmlns:p="urn:x"><p:b/></p:a>', '<q:a xmlns:q="urn:x"><q:b/></q:a>')
+    assert not same_xml('<p:a xmlns:p="urn:x"/>', '<p:a xmlns:p="urn:y"/>')
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        '<a x="1" y="3"><b>t</b><c/></a>',  # a value
+        '<a x="1"><b>t</b><c/></a>',  # an attribute fewer
+        '<a x="1" y="2"><b>u</b><c/></a>',  # text
+        '<a x="1" y="2"><c/><b>t</b></a>',  # child order
+        '<a x="1" y="2"><b>t</b><c/> </a>',  # whitespace that is there (C14N keeps it too)
+        '<a x="1" y="2"><b>t</b></a>',  # a child fewer
+        "not xml",
+    ],
+)
+def test_same_xml_sees_every_real_change(other):
+    assert not same_xml('<a x="1" y="2"><b>t</b><c/></a>', other)
+
+
+def test_same_xml_walks_any_depth_without_recursion():
+    deep = "<a>" * 100_000 + "</a>" * 100_000
+    assert same_xml(deep, deep)
+    assert not same_xml(deep, deep.replace("<a></a>", "<a>x</a>", 1))

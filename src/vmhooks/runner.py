@@ -387,6 +387,8 @@ def unified_diff(point: HookPoint, before: bytes, after: bytes, script: str) -> 
     hook that rewrites the document shows only its real edits."""
     old, new = _text(before), _text(after)
     if point.payload.is_xml:
+        if validation.same_xml(old, new):
+            return ""
         old, new = validation.canonical_xml(old), validation.canonical_xml(new)
     else:
         old, new = validation.canonical_json(old), validation.canonical_json(new)

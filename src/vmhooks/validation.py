@@ -47,6 +47,23 @@ def _child_text(element: ET.Element, tag: str) -> str | None:
     return None if child is None else (child.text or "").strip()
 
 
+def same_xml(a: str, b: str) -> bool:
+    """Whether two documents are the same tree (names, attributes, text),
+    as the C parser reads them: a hook that only re-serialised the document
+    changed nothing. Far cheaper than two C14N passes, which then run only
+    for a real change. False when either is not XML."""
+    try:
+        pending = [(ET.fromstring(a), ET.fromstring(b))]
+    except (ET.ParseError, ValueError):
+        return False
+    while pending:  # a loop, not recursion: a hook's output may nest deeply
+        x, y = pending.pop()
+        if x.tag != y.tag or x.attrib != y.attrib or x.text != y.text or x.tail != y.tail or len(x) != len(y):
+            return False
+        pending.extend(zip(x, y))
+    return True
+
+
 def canonical_xml(text: str) -> str:
     """C14N 2.0 form of `text` (quotes, attribute order and the XML
     declaration normalised); `text` itself when it is not XML."""
