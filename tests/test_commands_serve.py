@@ -189,3 +189,29 @@ def test_nothing_below_imports_the_web_package():
         if "vmhooks.web" in path.read_text() and path.relative_to(package).parts[0] != "web"
     )
     assert importers == ["commands/serve.py", "commands/ui.py"]
+
+
+ARENAS_PROBE = """
+import ctypes, sys, threading
+from vmhooks.commands.serve import _bound_allocator_arenas
+_bound_allocator_arenas()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+kept = []
+threads = [threading.Thread(target=lambda: kept.extend(libc.malloc(2000) for _ in range(100))) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc.malloc_stats()  # one "Arena N:" paragraph per arena, on stderr
+"""
+
+
+@pytest.mark.parametrize(("environment", "most"), [({}, 2), ({"MALLOC_ARENA_MAX": "1"}, 1)])
+def test_the_agent_keeps_glibcs_malloc_arenas_few(environment, most):
+    """Every connection has a thread; by default glibc gives 8 threads 8 more arenas."""
+    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"} | environment
+    probe = subprocess.run([sys.executable, "-c", ARENAS_PROBE], capture_output=True, text=True, env=env, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    arenas = [line for line in probe.stderr.splitlines() if line.startswith("Arena ")]
+    assert 1 <= len(arenas) <= most, probe.stderr

@@ -373,6 +373,27 @@ def test_client_speaks_vdsm_verbs_to_the_local_agent(caps: Callable[..., Any], t
     assert "vmhooks serves hooks on this host's agent only" in got["remote"]
 
 
+def test_client_status_names_are_the_agents_reports():
+    """The hooks' copy (stdlib only, so spelt out) never drifts from the agent's table."""
+    import importlib.util
+
+    from vmhooks.agent.reports import VDSM_STATUS
+    from vmhooks.environment import HOOKLIB_DIR
+
+    spec = importlib.util.spec_from_file_location("hooks_vdsm_client", HOOKLIB_DIR / "vdsm" / "client.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    before = set(sys.modules)
+    sys.path.insert(0, str(HOOKLIB_DIR))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(HOOKLIB_DIR))
+        for name in set(sys.modules) - before:  # the hooks' `vdsm` is no module of this process
+            del sys.modules[name]
+    assert module.VDSM_STATUS == VDSM_STATUS
+
+
 def test_client_without_an_agent_is_a_connection_error(caps: Callable[..., Any], tmp_path: Path) -> None:
     got = caps("""
         from vdsm import client

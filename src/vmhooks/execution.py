@@ -172,20 +172,25 @@ def execute(
         finally:
             os.close(write_end)
         try:
-            stderr, timed_out = _wait(child, read_end, limits, cell, cutoff)
+            stderr, killed = _wait(child, read_end, limits, cell, cutoff)
             rc = child.reap()
         finally:
             child.close()
     finally:
         os.close(read_end)
         cell.release()
-    cut = cutoff.reason if timed_out and cutoff is not None and cutoff.fired else ""
-    return Outcome(rc, timed_out, stderr.text(), "", child.fast_path, cut)
+    cut = killed if killed != TIMED_OUT else ""
+    return Outcome(rc, bool(killed), stderr.text(), "", child.fast_path, cut)
+
+
+TIMED_OUT = "timed out"
 
 
 def _wait(
     child: Child, stderr_fd: int, limits: Limits, cell: containment.Cell, cutoff: Cutoff | None = None
-) -> tuple[CappedBuffer, bool]:
+) -> tuple[CappedBuffer, str]:
+    """Its stderr, and why it was killed: TIMED_OUT, the cutoff's reason, or
+    '' when it exited by itself."""
     stderr = CappedBuffer(limits.stderr_cap)
     deadline = time.monotonic() + limits.seconds
     # poll(2), not a selectors.DefaultSelector: no epoll instance to create,
@@ -203,10 +208,10 @@ def _wait(
         if exited_at is None and child.exit_fd is None and child.exited():
             exited_at = now
         if exited_at is not None and (not stderr_open or now >= exited_at + limits.drain_timeout):
-            return stderr, False
+            return stderr, ""
         if exited_at is None and (now >= deadline or (cutoff is not None and cutoff.fired)):
             _kill(child, cell, limits.kill_grace)
-            return stderr, True
+            return stderr, cutoff.reason if cutoff is not None and cutoff.fired else TIMED_OUT
         limit = (exited_at + limits.drain_timeout) if exited_at is not None else deadline
         wait = limit - now if child.exit_fd is not None else min(limit - now, 0.05)
         # poll() takes milliseconds in a C int: cap one wait, the loop goes on.

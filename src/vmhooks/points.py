@@ -35,6 +35,11 @@ class HookPoint(NamedTuple):
     params: tuple[str, ...] = ()  # extra environment the caller provides
     extension: bool = False  # a vmhooks point VDSM does not have (not in hook-points.md)
 
+    @property
+    def after(self) -> bool:
+        """An after_* point: its operation's work is done when it runs."""
+        return self.name.startswith("after_")
+
 
 D, V, J, N = Payload.DEVICE, Payload.DOMAIN, Payload.JSON, Payload.NONE
 H, VM, DEV = Scope.HOST, Scope.VM, Scope.DEVICE

@@ -7,9 +7,9 @@ that background children keep open. Exit codes follow hook-points.md.
 """
 from __future__ import annotations
 
-import difflib
 import enum
 import json
+import math
 import os
 import shutil
 import signal
@@ -249,24 +249,24 @@ def _run_scripts(
     original = current
     for script in scripts:
         seconds = config.timeout_for(point.name, script.name, timeout)
+        left = deadline - time.monotonic() if deadline is not None else math.inf
         if config.cutoff is not None and config.cutoff.fired:
-            note = f"not started: {config.cutoff.reason}"
-            runs.append(ScriptRun(script.name, Status.TIMEOUT, None, 0.0, "", False, "", note))
+            why = config.cutoff.reason
+        elif left <= 0:  # the caller's time is up: later scripts do not start
+            why = "the caller's deadline had passed"
+        else:
+            why = ""
+        if why:
+            runs.append(ScriptRun(script.name, Status.TIMEOUT, None, 0.0, "", False, "", f"not started: {why}"))
             break
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:  # the caller's time is up: later scripts do not start
-                note = "not started: the caller's deadline had passed"
-                runs.append(ScriptRun(script.name, Status.TIMEOUT, None, 0.0, "", False, "", note))
-                break
-            seconds = min(seconds, left)
+        seconds = min(seconds, left)
         started = time.monotonic()
         limits = Limits(seconds, config.kill_grace, config.drain_timeout, config.stderr_cap)
         outcome = execute(str(script.path), env, limits, stdout, spawn, config.cutoff)
         duration = time.monotonic() - started
         after, read_problem = _read_payload(path)
         status, note = _classify(outcome, seconds)
-        diff = unified_diff(point, current, after, script.name) if after != current else ""
+        diff = validation.payload_diff(point, current, after, script.name) if after != current else ""
         changed = bool(diff)
         if changed and point.output_used:
             was = problem
@@ -378,26 +378,3 @@ def decode_payload(point: HookPoint, data: bytes) -> Any:
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
-
-
-def unified_diff(point: HookPoint, before: bytes, after: bytes, script: str) -> str:
-    """What `script` changed, as a unified diff; '' when nothing that matters.
-
-    XML and JSON are compared in canonical form (JSON one key a line), so a
-    hook that rewrites the document shows only its real edits."""
-    old, new = _text(before), _text(after)
-    if point.payload.is_xml:
-        if validation.same_xml(old, new):
-            return ""
-        old, new = validation.canonical_xml(old), validation.canonical_xml(new)
-    else:
-        old, new = validation.canonical_json(old), validation.canonical_json(new)
-    if old == new:
-        return ""
-    lines = difflib.unified_diff(
-        old.splitlines(keepends=True),
-        new.splitlines(keepends=True),
-        fromfile="before",
-        tofile=f"after {script}",
-    )
-    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)

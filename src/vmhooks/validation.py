@@ -1,6 +1,7 @@
 """Output guardrails: what a chain whose output is used may hand back."""
 from __future__ import annotations
 
+import difflib
 import json
 import xml.etree.ElementTree as ET
 
@@ -79,3 +80,26 @@ def canonical_json(text: str) -> str:
         return json.dumps(json.loads(text), indent=1, sort_keys=True) + "\n"
     except ValueError:
         return text
+
+
+def payload_diff(point: HookPoint, before: bytes, after: bytes, script: str) -> str:
+    """What `script` changed, as a unified diff; '' when nothing that matters.
+
+    XML and JSON are compared in canonical form (JSON one key a line), so a
+    hook that rewrites the document shows only its real edits."""
+    old, new = before.decode("utf-8", "replace"), after.decode("utf-8", "replace")
+    if point.payload.is_xml:
+        if same_xml(old, new):
+            return ""
+        old, new = canonical_xml(old), canonical_xml(new)
+    else:
+        old, new = canonical_json(old), canonical_json(new)
+    if old == new:
+        return ""
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True),
+        new.splitlines(keepends=True),
+        fromfile="before",
+        tofile=f"after {script}",
+    )
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)

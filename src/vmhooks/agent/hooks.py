@@ -15,6 +15,7 @@ from vmhooks.catalogue import RECORD_DIR_NAME, installed_property_rules
 from vmhooks.config import AgentSettings
 from vmhooks.execution import Cutoff
 from vmhooks.forkserver import FastPathSettings
+from vmhooks.points import get_point
 from vmhooks.runner import ChainResult, RunnerConfig, run_chain
 from vmhooks.store import VmRecord
 
@@ -100,7 +101,7 @@ class HookCalls:
         runs it; raises HookError where it aborts."""
         # Only at after_* points: the operation's work on the VM is done, so a
         # hook's call about the same VM may go first (agent.vmlock).
-        with self.lend(vm_id if point.startswith("after_") else None) as token:
+        with self.lend(vm_id if get_point(point).after else None) as token:
             result = run_chain(
                 point, payload, self.runner_config(), params=params, custom=custom, vm_id=vm_id, lock_token=token
             )

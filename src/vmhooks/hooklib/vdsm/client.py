@@ -21,7 +21,8 @@ DEFAULT_SOCKET = "/run/vmhooks/vmhooks.sock"
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "localhost.localdomain", ""})
 # VDSM parameter names that vmhooks spells otherwise.
 RENAMED_PARAMS = {"vmID": "vmId"}
-# vmhooks' VM statuses as VDSM's VmStatus names them (hooks compare with "Up").
+# vmhooks' VM statuses as VDSM's VmStatus names them (hooks compare with "Up"):
+# agent/reports.VDSM_STATUS spelt out, as this package imports no vmhooks module.
 VDSM_STATUS = {"up": "Up", "paused": "Paused", "starting": "WaitForLaunch", "migrating": "Migration Source",
                "incoming": "Migration Destination", "hibernated": "Down", "down": "Down"}  # fmt: skip
 
